@@ -1,0 +1,650 @@
+"""The typed training configuration: one validated object drives a laptop run and a cluster run.
+
+Why pydantic with ``extra="forbid"``: a misspelt key in a 30 000-iteration GPU job must fail at
+submission, not be ignored. Every default is the published value (method.md Part B §9), except
+where Part A (A3) deliberately departs; those departures are named options
+(``distill.teacher_head``, ``distill.local_layout``, ``ft.warp_labels``, ``ft.ema_steps_per_iter``,
+``ft.geo_aug``, ``ft.anco_negatives``, ``ft.teacher_eval``).
+
+Sources, in order: the defaults below, a YAML file (or a packaged preset name such as
+``cpu-demo``, ``acdc-2d``, ``la-3d``), then ``a.b.c=value`` overrides whose values are parsed as
+YAML scalars (``3``, ``0.5``, ``true``, ``[p1, ft]``, ``null``).
+
+Conventions that other modules rely on:
+
+* batch sizes are **per worker**; the global batch is ``num_workers ×`` that.
+* ``data.patch_size`` / ``eval.window`` / ``eval.stride`` are in store axis order ``(D, H, W)``,
+  i.e. ``(z, y, x)``: the LA patch 112×112×80 (x, y, z) is written ``[80, 112, 112]``.
+* two pairs are "one of": ``data.label_ratio`` / ``data.labelled_patients`` and
+  ``distill.bank_batches`` / ``distill.bank_size`` (and ``model.preset`` / ``model.widths``).
+  Setting one of a pair by override clears the other, so ``data.label_ratio=0.1`` works on top
+  of a preset that counts patients.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+from importlib import resources
+from typing import Any, Literal, Mapping, Sequence, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from action_ray.errors import ConfigError
+from action_ray.urls import filesystem_for, is_remote, redact
+
+Stage = Literal["p1", "p2", "ft"]
+STAGE_ORDER: tuple[str, ...] = ("p1", "p2", "ft")
+Method = Literal["action", "supervised", "mean_teacher", "action_ft_only"]
+#: The stages a method trains when ``stages`` is not given.
+DEFAULT_STAGES: dict[str, list[str]] = {
+    "action": ["p1", "p2", "ft"],
+    "supervised": ["ft"],
+    "mean_teacher": ["ft"],
+    "action_ft_only": ["ft"],
+}
+
+#: Keys left out of :meth:`Config.hash`: they name, place or pace a run but do not change what it
+#: computes (storage options may also hold credentials).
+HASH_EXCLUDED_KEYS = frozenset(
+    {
+        "data.storage_options",
+        "train.run_name",
+        "train.resume",
+        "train.storage_path",
+        "train.report_every",
+        "train.checkpoint_every",
+        "train.num_to_keep",
+        "train.max_failures",
+        "train.collective_timeout_s",
+        "eval.batch_size",
+    }
+)
+
+#: Pairs of keys of which only one may be set; an override of one clears the other.
+EXCLUSIVE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("data.label_ratio", "data.labelled_patients"),
+    ("distill.bank_batches", "distill.bank_size"),
+    ("model.preset", "model.widths"),
+)
+
+
+class _Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _one_of(values: Any, section: str, first: str, second: str, default_first: Any) -> Any:
+    """Before-validator helper: at most one of two keys; neither given means ``first=default``."""
+    if not isinstance(values, dict):
+        return values
+    a, b = values.get(first), values.get(second)
+    if a is not None and b is not None:
+        raise ValueError(
+            f"set either {section}.{first} or {section}.{second}, not both "
+            f"(got {first}={a!r} and {second}={b!r})"
+        )
+    if a is None and b is None:
+        return {**values, first: default_first}
+    return values
+
+
+# --------------------------------------------------------------------------------------- data
+class DataConfig(_Section):
+    """Where the slices come from, how many patients are labelled, and batch composition."""
+
+    store: str | None = Field(None, description="Zarr volume store URL (local path or s3://…)")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options (endpoint_url, …); prefer env credentials"
+    )
+    label_ratio: float | None = Field(None, gt=0, le=1, description="fraction of train patients labelled")
+    labelled_patients: int | None = Field(
+        None, ge=1, description="number of labelled train patients (§9: 1; defaults to 1 if no ratio)"
+    )
+    split_seed: int = Field(0, description="seed of the patient-level labelled/unlabelled split")
+    dims: Literal[2, 3] = 2
+    slice_size: int = Field(256, ge=16, description="2-D training slices are resized to this square")
+    patch_size: tuple[int, int, int] | None = Field(
+        None, description="3-D training patch (D, H, W) = (z, y, x); LA: [80, 112, 112]"
+    )
+    normalisation: Literal["store", "minmax", "percentile", "zscore", "none"] = Field(
+        "store", description="'store' uses the dataset recipe recorded in the store"
+    )
+    intensity_window: tuple[float, float] | None = Field(
+        None, description="clip to [lo, hi] before normalising (CT: e.g. [-125, 275] HU)"
+    )
+    pretrain_labelled_batch: int = Field(3, ge=1, description="labelled slices per P1/P2 batch (§2.2)")
+    pretrain_unlabelled_batch: int = Field(3, ge=0, description="unlabelled slices per P1/P2 batch")
+    ft_labelled_batch: int = Field(4, ge=1, description="labelled slices per FT batch")
+    ft_unlabelled_batch: int = Field(4, ge=1, description="unlabelled slices per FT batch")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _label_amount(cls, values: Any) -> Any:
+        return _one_of(values, "data", "labelled_patients", "label_ratio", 1)
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "DataConfig":
+        if self.slice_size % 16:
+            raise ValueError(
+                f"data.slice_size={self.slice_size} must be divisible by 16 (four 2× poolings in the UNet)"
+            )
+        if self.dims == 3:
+            if self.patch_size is None:
+                raise ValueError("data.dims=3 needs data.patch_size, e.g. [80, 112, 112] (D, H, W)")
+            bad = [s for s in self.patch_size if s < 16 or s % 16]
+            if bad:
+                raise ValueError(
+                    f"data.patch_size={list(self.patch_size)}: every side must be a multiple of 16"
+                )
+        elif self.patch_size is not None:
+            raise ValueError("data.patch_size is only used with data.dims=3; remove it or set data.dims=3")
+        if self.intensity_window is not None and self.intensity_window[0] >= self.intensity_window[1]:
+            raise ValueError(f"data.intensity_window={list(self.intensity_window)} must be [low, high] with low < high")
+        return self
+
+    @property
+    def pretrain_batch(self) -> int:
+        """Slices per P1/P2 batch on one worker (labelled first, as in §2.2)."""
+        return self.pretrain_labelled_batch + self.pretrain_unlabelled_batch
+
+
+# -------------------------------------------------------------------------------------- model
+class ModelConfig(_Section):
+    """Network sizes (§3): the UNet preset or explicit widths, and the head dimensions."""
+
+    preset: Literal["paper", "cpu"] | None = Field(None, description="named widths; 'paper' = 16…256")
+    widths: tuple[int, ...] | None = Field(None, description="explicit channel widths, 5 levels")
+    num_classes: int | None = Field(None, ge=2, description="None: read from the store")
+    dims: Literal[2, 3] | None = Field(None, description="None: follows data.dims")
+    representation_dim: int = Field(512, ge=1, description="FT pixel representation head output")
+    global_dim: int = Field(512, ge=1, description="d_g, global embedding size")
+    latent_pooling: int = Field(1, ge=1, description="pooling size before the global MLP (1 = GAP)")
+    local_pooling: int = Field(8, ge=1, description="P: local patch pooled to P×P (P³ in 3-D)")
+    cut_size: int = Field(64, ge=1, description="local patch side (64 in 2-D, 20 in 3-D)")
+    cut_stride: int = Field(32, ge=1, description="local patch stride (32 in 2-D, 10 in 3-D)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_or_widths(cls, values: Any) -> Any:
+        return _one_of(values, "model", "preset", "widths", "paper")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "ModelConfig":
+        if self.widths is not None and (len(self.widths) != 5 or min(self.widths) < 1):
+            raise ValueError(f"model.widths={list(self.widths)} must be 5 positive channel counts")
+        if self.local_pooling > self.cut_size:
+            raise ValueError(
+                f"model.local_pooling={self.local_pooling} must be <= model.cut_size={self.cut_size}"
+            )
+        return self
+
+    @property
+    def preset_or_widths(self) -> str | tuple[int, ...]:
+        """What ``model.build_unet`` takes: the preset name, or the explicit widths."""
+        return self.widths if self.widths is not None else str(self.preset)
+
+
+# ------------------------------------------------------------------------------------ stages
+class StageConfig(_Section):
+    """Optimiser and schedule of one stage: SGD with lr = lr·(1 − t/iterations)^poly_power (§5.6)."""
+
+    iterations: int = Field(30000, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0)
+    nesterov: bool = False
+    poly_power: float = Field(0.9, ge=0)
+
+    @model_validator(mode="after")
+    def _nesterov(self) -> "StageConfig":
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=true needs momentum > 0 (torch.optim.SGD rejects it)")
+        return self
+
+
+class ScheduleConfig(_Section):
+    """Per-stage settings; FT alone uses Nesterov (§6.7)."""
+
+    p1: StageConfig = Field(default_factory=StageConfig)
+    p2: StageConfig = Field(default_factory=StageConfig)
+    ft: StageConfig = Field(default_factory=lambda: StageConfig(nesterov=True))
+
+
+# ---------------------------------------------------------------------------------- distill
+class DistillConfig(_Section):
+    """Pre-training (P1/P2) contrastive distillation (§5) and its views (§5.1)."""
+
+    student_temperature: float = Field(0.1, gt=0, description="T_s")
+    teacher_temperature: float = Field(0.01, gt=0, description="T_t (ACDC 0.01, LA 0.6)")
+    global_weight: float = Field(1.0, ge=0, description="k1, weight of L_glob")
+    local_weight: float = Field(1.0, ge=0, description="k2, weight of L_loc (P2 only)")
+    bank_batches: int | None = Field(None, ge=1, description="K = bank_batches × global batch (§A2: 6)")
+    bank_size: int | None = Field(None, ge=1, description="explicit K (instead of bank_batches)")
+    local_layout: Literal["per_position", "faithful"] = "per_position"
+    teacher_head: Literal["ema", "grad"] = "ema"
+    shuffle_bn: bool = False
+    jitter_range: tuple[float, float] = Field((0.8, 1.2), description="brightness/contrast factors")
+    jitter_p: float = Field(0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = Field((0.15, 1.15), description="teacher-view blur sigma range")
+    blur_p: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bank(cls, values: Any) -> Any:
+        return _one_of(values, "distill", "bank_batches", "bank_size", 6)
+
+    def resolved_bank_size(self, global_batch: int) -> int:
+        """K for a job whose P1/P2 batch over all workers is ``global_batch`` slices."""
+        return self.bank_size if self.bank_size is not None else int(self.bank_batches) * global_batch
+
+
+# --------------------------------------------------------------------------------------- ft
+class FineTuneConfig(_Section):
+    """Fine-tuning with pseudo-labels and anatomical contrast (§6)."""
+
+    strong_threshold: float = Field(0.97, gt=0, le=1, description="δ_s")
+    weak_threshold: float = Field(0.7, gt=0, le=1, description="δ_w")
+    anco_temperature: float = Field(0.5, gt=0, description="τ")
+    num_queries: int = Field(256, ge=1)
+    num_negatives: int = Field(512, ge=1)
+    anco_weight: float = Field(0.01, ge=0)
+    unsup_weight: float = Field(1.0, ge=0)
+    anco_negatives: Literal["batch", "bank"] = "batch"
+    anco_bank_size: int = Field(2048, ge=1, description="pixel keys per class when anco_negatives=bank")
+    mix: Literal["cutmix", "classmix", "cutout"] = "cutmix"
+    jitter_range: tuple[float, float] = (0.75, 1.25)
+    jitter_p: float = Field(0.5, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.15, 1.15)
+    blur_p: float = Field(0.5, ge=0, le=1)
+    warp_p: float = Field(0.5, ge=0, le=1)
+    warp_epsilon: float = Field(1.5, ge=0)
+    warp_labels: bool = True
+    geo_aug: bool = False
+    ema_steps_per_iter: Literal[1, 2] = 1
+    teacher_eval: bool = False
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> "FineTuneConfig":
+        if self.weak_threshold > self.strong_threshold:
+            raise ValueError(
+                f"ft.weak_threshold={self.weak_threshold} must be <= ft.strong_threshold={self.strong_threshold}"
+            )
+        return self
+
+
+class MeanTeacherConfig(_Section):
+    """Mean Teacher baseline (A4): MSE on softmax, sigmoid ramp-up of the weight."""
+
+    consistency: float = Field(0.1, ge=0)
+    rampup_fraction: float = Field(
+        1.0, ge=0, le=1,
+        description="ramp over this fraction of FT iterations (SSL4MIS: 200 × 150 = all 30 000)",
+    )
+
+
+# ------------------------------------------------------------------------------------ train
+class TrainConfig(_Section):
+    """How Ray Train runs the job: workers, devices, checkpoints, fault tolerance."""
+
+    num_workers: int = Field(1, ge=0, description="0 = Ray Train local mode in the driver")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0, description="fractional allowed (0.5 on 2-core CI)")
+    gpus_per_worker: float = Field(1.0, ge=0)
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    deterministic: bool = False
+    seed: int = 1337
+    report_every: int = Field(50, ge=1, description="steps between ray.train.report calls")
+    checkpoint_every: int = Field(1000, ge=1, description="a multiple of report_every")
+    num_to_keep: int | None = Field(2, ge=1)
+    max_failures: int = Field(1, ge=-1, description="-1 = retry forever")
+    collective_timeout_s: int = Field(1800, ge=1, description="TorchConfig.timeout_s")
+    storage_path: str = Field("runs", description="local directory or s3://bucket/prefix")
+    run_name: str | None = Field(None, description="None: derived from the config hash")
+    resume: bool = Field(False, description="continue the run with this name if it exists")
+    init_from: str | None = Field(None, description="checkpoint of the previous stage to start from")
+
+    @model_validator(mode="after")
+    def _devices(self) -> "TrainConfig":
+        if self.backend == "nccl" and not self.use_gpu:
+            raise ValueError("train.backend=nccl needs train.use_gpu=true (use gloo or auto on CPU)")
+        if self.use_gpu and self.gpus_per_worker <= 0:
+            raise ValueError("train.use_gpu=true needs train.gpus_per_worker > 0")
+        if self.checkpoint_every % self.report_every:
+            raise ValueError(
+                f"train.checkpoint_every={self.checkpoint_every} must be a multiple of "
+                f"train.report_every={self.report_every} (checkpoints travel with reports)"
+            )
+        return self
+
+    @property
+    def resolved_backend(self) -> str:
+        """``nccl`` on GPU, ``gloo`` on CPU, unless set explicitly."""
+        if self.backend != "auto":
+            return self.backend
+        return "nccl" if self.use_gpu else "gloo"
+
+    @property
+    def resolved_storage_path(self) -> str:
+        """Ray needs an absolute local path (workers chdir elsewhere); URLs pass unchanged."""
+        return self.storage_path if is_remote(self.storage_path) else os.path.abspath(self.storage_path)
+
+
+class EvalConfig(_Section):
+    """Evaluation protocol (§7) and validation during training (A3: best-on-val kept too)."""
+
+    split: Literal["val", "test", "train"] = "test"
+    val_every: int = Field(1000, ge=0, description="steps between validation passes; 0 = never")
+    window: tuple[int, int, int] | None = Field(None, description="3-D sliding window; None = data.patch_size")
+    stride: tuple[int, int, int] = Field((4, 18, 18), description="3-D sliding-window stride (D, H, W)")
+    batch_size: int = Field(8, ge=1, description="slices or windows per inference forward")
+
+
+# ----------------------------------------------------------------------------------- config
+class Config(_Section):
+    """The whole run. Sections are attributes: ``cfg.data.slice_size``, ``cfg.ft.num_queries``."""
+
+    method: Method = "action"
+    stages: list[Stage] | None = Field(None, description="None: all stages of the method")
+    ema_momentum: float = Field(0.99, ge=0, le=1)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    ft: FineTuneConfig = Field(default_factory=FineTuneConfig)
+    mean_teacher: MeanTeacherConfig = Field(default_factory=MeanTeacherConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_stages(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("stages") is None:
+            method = values.get("method", "action")
+            if method in DEFAULT_STAGES:
+                return {**values, "stages": list(DEFAULT_STAGES[method])}
+        return values
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> "Config":
+        stages = list(self.stages or [])
+        if not stages:
+            raise ValueError("stages must name at least one of p1, p2, ft")
+        if stages != [s for s in STAGE_ORDER if s in stages]:
+            raise ValueError(f"stages={stages} must be unique and in the order p1, p2, ft")
+        if self.method != "action" and stages != ["ft"]:
+            raise ValueError(
+                f"method={self.method} trains one stage: set stages=[ft] (got stages={stages})"
+            )
+        if self.model.dims is None:
+            self.model.dims = self.data.dims
+        elif self.model.dims != self.data.dims:
+            raise ValueError(f"model.dims={self.model.dims} differs from data.dims={self.data.dims}")
+        sides = self.data.patch_size if self.data.dims == 3 else (self.data.slice_size,)
+        if self.model.cut_size > min(sides):
+            raise ValueError(
+                f"model.cut_size={self.model.cut_size} is larger than the training "
+                f"{'patch' if self.data.dims == 3 else 'slice'} side {min(sides)}"
+            )
+        if self.data.dims == 3 and self.eval.window is not None:
+            if any(s > w for s, w in zip(self.eval.stride, self.eval.window)):
+                raise ValueError(
+                    f"eval.stride={list(self.eval.stride)} must not exceed eval.window={list(self.eval.window)}"
+                )
+        return self
+
+    # ---- derived values the training loop needs
+    def stage(self, name: str) -> StageConfig:
+        """Optimiser/schedule settings of stage ``name`` (p1, p2 or ft)."""
+        return getattr(self.schedule, name)
+
+    @property
+    def eval_window(self) -> tuple[int, int, int] | None:
+        """3-D sliding window: ``eval.window`` or the training patch."""
+        return self.eval.window or self.data.patch_size
+
+    def bank_size(self) -> int:
+        """K of the global distillation bank for this job (A2: bank_batches × global batch)."""
+        global_batch = self.data.pretrain_batch * max(1, self.train.num_workers)
+        return self.distill.resolved_bank_size(global_batch)
+
+    # ---- persistence
+    def to_dict(self, redact_secrets: bool = True) -> dict[str, Any]:
+        """Plain JSON-compatible dict; credentials in storage_options masked unless asked not to."""
+        data = self.model_dump(mode="json")
+        if redact_secrets:
+            data["data"]["storage_options"] = redact(data["data"]["storage_options"])
+        return data
+
+    def to_yaml(self, redact_secrets: bool = True) -> str:
+        """YAML text that :func:`load_config` reads back to an equal config."""
+        return yaml.safe_dump(self.to_dict(redact_secrets), sort_keys=False, default_flow_style=None)
+
+    def dump(self, path: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        """Write :meth:`to_yaml` to a local path or URL (saved with every run; never secrets)."""
+        fs, fs_path = filesystem_for(path, storage_options)
+        parent = os.path.dirname(fs_path.rstrip("/"))
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        with fs.open(fs_path, "w") as handle:
+            handle.write(self.to_yaml())
+
+    def hash(self) -> str:
+        """16 hex digits identifying what the run computes (bookkeeping keys excluded)."""
+        flat = {k: v for k, v in _flatten(self.to_dict()).items() if not _excluded(k)}
+        text = json.dumps(flat, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def pretty(self) -> str:
+        """One ``key  value`` line per setting, ``*`` marking values that differ from defaults."""
+        flat = _flatten(self.to_dict())
+        defaults = _flatten(Config().to_dict())
+        width = max(len(k) for k in flat)
+        lines = [f"config {self.hash()}  (* = differs from the paper default)"]
+        for key, value in flat.items():
+            mark = "*" if defaults.get(key, object()) != value else " "
+            lines.append(f"{mark} {key.ljust(width)}  {json.dumps(value)}")
+        return "\n".join(lines)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; free-form dicts (storage_options) stay one value."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and dotted != "data.storage_options":
+            out.update(_flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _excluded(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in HASH_EXCLUDED_KEYS)
+
+
+# ---------------------------------------------------------------------------------- loading
+def preset_names() -> list[str]:
+    """Names of the presets shipped in ``action_ray/configs/``."""
+    folder = resources.files("action_ray.configs")
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_source(path: str) -> tuple[dict[str, Any], str]:
+    """Load the YAML mapping of a file, URL or preset name; returns (mapping, where it came from)."""
+    if os.path.isfile(path) or is_remote(path):
+        try:
+            fs, fs_path = filesystem_for(path)
+            with fs.open(fs_path, "r") as handle:
+                text = handle.read()
+        except (OSError, FileNotFoundError) as exc:
+            raise ConfigError(f"cannot read config file {redact(path)}: {exc}") from exc
+        origin = path
+    else:
+        name = path[:-5] if path.endswith(".yaml") else path
+        if os.sep in path or name not in preset_names():
+            raise ConfigError(
+                f"config {path!r} is neither a file nor a preset; presets: {', '.join(preset_names())}"
+            )
+        text = resources.files("action_ray.configs").joinpath(f"{name}.yaml").read_text()
+        origin = f"preset {name}"
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin} is not valid YAML: {exc}") from exc
+    if loaded is None:
+        return {}, origin
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{origin} must hold a mapping of sections, got {type(loaded).__name__}")
+    return loaded, origin
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"ft.num_queries=64"`` → ``(["ft", "num_queries"], 64)``; the value is a YAML scalar."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.subkey=value, e.g. train.num_workers=2")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not a YAML scalar or list ({exc})") from exc
+    return parts, value
+
+
+def _set_dotted(tree: dict[str, Any], parts: Sequence[str], value: Any, origin: str) -> None:
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"{origin}: {where} is a value, not a section, so {'.'.join(parts)} cannot be set")
+        node = child
+    node[parts[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a raw mapping; one key of an exclusive pair clears the other."""
+    given: dict[str, str] = {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        dotted = ".".join(parts)
+        _set_dotted(tree, parts, value, f"override {text!r}")
+        if value is None:
+            continue
+        given[dotted] = text
+        for first, second in EXCLUSIVE_PAIRS:
+            partner = second if dotted == first else first if dotted == second else None
+            if partner is None:
+                continue
+            if partner in given:
+                raise ConfigError(f"overrides {given[partner]!r} and {text!r} conflict: set only one of them")
+            _set_dotted(tree, partner.split("."), None, f"override {text!r}")
+    return tree
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults ← YAML file or preset name ← overrides, validated into a :class:`Config`.
+
+    Raises :class:`ConfigError` naming the dotted key: unknown keys get the closest valid key
+    suggested; bad values get the value and the constraint.
+    """
+    tree, origin = _read_source(path) if path else ({}, "defaults")
+    override_keys = {".".join(parse_override(o)[0]) for o in overrides}
+    tree = apply_overrides(tree, overrides)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin, override_keys)) from None
+
+
+def config_from_dict(tree: Mapping[str, Any], origin: str = "config") -> Config:
+    """Validate a raw mapping (e.g. a Tune trial's ``train_loop_config``) with friendly errors."""
+    try:
+        return Config.model_validate(dict(tree))
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, origin, set())) from None
+
+
+# ------------------------------------------------------------------------------------ errors
+def _nested_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
+    """The section class of field ``name`` of ``model`` (``Config``, "data" → DataConfig), if any."""
+    field = model.model_fields.get(name)
+    if field is None:
+        return None
+    annotation = field.annotation
+    candidates = get_args(annotation) if get_origin(annotation) is not None else (annotation,)
+    nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    return nested[0] if nested else None
+
+
+def _section_model(parts: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model class found at a location path (``("schedule", "p1")`` → StageConfig), if any."""
+    model: type[BaseModel] | None = Config
+    for part in parts:
+        model = _nested_model(model, str(part)) if model is not None else None
+    return model
+
+
+def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every valid dotted key, e.g. ``data.slice_size`` (for suggestions and docs)."""
+    keys: list[str] = []
+    for name in model.model_fields:
+        nested = _nested_model(model, name)
+        if nested is not None:
+            keys.extend(all_keys(nested, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _suggest(parts: Sequence[str | int]) -> str:
+    *parents, leaf = [str(p) for p in parts]
+    section = _section_model(parents)
+    valid = list(section.model_fields) if section is not None else []
+    close = difflib.get_close_matches(leaf, valid, n=3, cutoff=0.6)
+    prefix = ".".join(parents) + "." if parents else ""
+    if close:
+        return "did you mean " + " or ".join(repr(prefix + c) for c in close) + "?"
+    elsewhere = [k for k in all_keys() if k.rsplit(".", 1)[-1] == leaf]
+    if elsewhere:
+        return "that key lives at " + " or ".join(repr(k) for k in elsewhere)
+    return f"valid keys here: {', '.join(valid)}"
+
+
+def _explain(exc: ValidationError, origin: str, override_keys: set[str]) -> str:
+    """Turn pydantic's errors into one line per problem, each naming the dotted key."""
+    lines = []
+    for err in exc.errors():
+        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+        key = ".".join(str(p) for p in loc)
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'{_source(key, origin, override_keys)}: {_suggest(loc)}")
+        elif not key or (err["type"] == "value_error" and isinstance(err.get("input"), dict)):
+            # a check across keys: the message already names them
+            mentioned = next((k for k in override_keys if k in message), "")
+            lines.append(f"{message}{_source(mentioned, origin, override_keys)}")
+        else:
+            lines.append(
+                f"config key '{key}'{_source(key, origin, override_keys)}: "
+                f"value {err.get('input')!r} is invalid: {message}"
+            )
+    return "; ".join(lines)
+
+
+def _source(key: str, origin: str, override_keys: set[str]) -> str:
+    if key in override_keys:
+        return " (from an override)"
+    return "" if origin == "defaults" else f" (in {origin})"
