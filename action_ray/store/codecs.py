@@ -1,0 +1,43 @@
+"""Chunk shapes and compressors, chosen for how training reads the store.
+
+2-D training reads one axial slice at a time, so ``"slice"`` chunking stores each slice as one
+chunk (one object on S3, one GET per sample). 3-D training reads cubes, so ``"patch"`` chunking
+stores (16, 64, 64) cubes. The compressor was picked by measurement on phantom-like float32 MR
+volumes (``action-ray bench codecs``; table in docs/store.md).
+"""
+
+from __future__ import annotations
+
+from zarr.codecs import BloscCodec, BloscShuffle
+
+from action_ray.errors import StoreError
+
+CHUNKINGS = ("slice", "patch")
+#: (z, y, x) cube read by 3-D training; 16*64*64 float32 = 256 KiB per chunk before compression.
+PATCH_CHUNK = (16, 64, 64)
+
+#: Image codec: Blosc with byte shuffle and zstd level 3 (see docs/store.md for the measurement).
+IMAGE_CODEC_NAME = "blosc-zstd3-shuffle"
+#: Label codec: label maps are long runs of few values; bit-shuffle + zstd squeezes them best.
+LABEL_CODEC_NAME = "blosc-zstd3-bitshuffle"
+
+
+def image_compressors() -> tuple:
+    return (BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle, typesize=4),)
+
+
+def label_compressors() -> tuple:
+    return (BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle, typesize=1),)
+
+
+def chunk_shape(shape: tuple[int, int, int], chunking: str) -> tuple[int, int, int]:
+    """Chunk shape for an array of ``shape`` (Z, Y, X) under a chunking scheme.
+
+    Chunks never exceed the array, so a small phantom is not padded to a 64-voxel cube.
+    """
+    z, y, x = shape
+    if chunking == "slice":
+        return (1, y, x)
+    if chunking == "patch":
+        return (min(z, PATCH_CHUNK[0]), min(y, PATCH_CHUNK[1]), min(x, PATCH_CHUNK[2]))
+    raise StoreError(f"unknown chunking {chunking!r}: use one of {CHUNKINGS}")

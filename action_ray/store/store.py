@@ -1,0 +1,439 @@
+"""The Zarr v3 volume store: write a case atomically, list complete cases, read slices and patches.
+
+One :class:`VolumeStore` works the same on a local directory and on ``s3://``: array I/O goes
+through zarr (``LocalStore`` or ``FsspecStore``), and the few whole-object operations zarr has no
+API for (listing case ids, reading many markers at once, deleting a leftover) go through the
+fsspec filesystem from :func:`action_ray.urls.filesystem_for`.
+
+Listing is one ``ls`` of ``cases/`` plus one *concurrent* batch read of every case's
+``zarr.json`` (s3fs issues them in parallel), so a store with thousands of cases costs a handful
+of round-trip latencies, not thousands, and no shared index can go stale when several
+processes write different cases at once. See docs/store.md for the trade-off.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import numpy as np
+
+from action_ray import __version__
+from action_ray.errors import CaseError, StoreError
+from action_ray.store import ome
+from action_ray.store.codecs import (
+    IMAGE_CODEC_NAME, LABEL_CODEC_NAME, chunk_shape, image_compressors, label_compressors,
+)
+from action_ray.store.schema import (
+    ATTRS_KEY, AXES, CASES_GROUP, FORMAT_VERSION, IMAGE_ARRAY, LABEL_ARRAY, LABEL_IMAGE_NAME,
+    LABELS_GROUP, CaseInfo, CaseMeta, case_attrs, case_key, check_case_id, classes_from_attrs,
+    dataset_attrs, info_from_attrs, intensity_stats, is_complete_attrs, label_voxel_counts,
+    validate_meta,
+)
+from action_ray.urls import SECRET_OPTION_NAMES, filesystem_for, is_remote, redact, storage_options_from_env
+
+_ZARR_JSON = "zarr.json"
+
+
+def _secret_values(options: Mapping[str, Any] | None) -> list[str]:
+    """Every credential value inside (possibly nested) storage options."""
+    found: list[str] = []
+    for key, value in (options or {}).items():
+        if isinstance(value, Mapping):
+            found += _secret_values(value)
+        elif str(key).lower() in SECRET_OPTION_NAMES and isinstance(value, str) and value:
+            found.append(value)
+    return found
+
+
+class VolumeStore:
+    """An opened action-ray store. Use :func:`open_store` or :func:`create_store` to get one.
+
+    Instances pickle (for Ray tasks) as their URL and storage options and reconnect lazily.
+    Metadata of complete cases is cached per instance: a complete case only changes through
+    ``write_case(..., overwrite=True)``, and a process that must see another process's overwrite
+    opens the store again.
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None):
+        self.url = str(url).rstrip("/")
+        self._storage_options = dict(storage_options or {})
+        self._connect()
+        self.dataset_meta: dict = self._read_dataset_meta()
+        self.classes: dict[int, str] = classes_from_attrs(self.dataset_meta)
+
+    # ----------------------------------------------------------------------------- plumbing
+    def _connect(self) -> None:
+        import zarr
+
+        self._fs, self._root = filesystem_for(self.url, self._storage_options)
+        if is_remote(self.url):
+            options = storage_options_from_env(self.url, self._storage_options)
+            self._zstore = zarr.storage.FsspecStore.from_url(self.url, storage_options=options)
+        else:
+            self._zstore = zarr.storage.LocalStore(self._root)
+        self._infos: dict[str, CaseInfo] = {}
+        self._arrays: dict[tuple[str, str], Any] = {}
+
+    def __getstate__(self) -> dict:
+        return {"url": self.url, "storage_options": self._storage_options,
+                "dataset_meta": self.dataset_meta}
+
+    def __setstate__(self, state: dict) -> None:
+        self.url = state["url"]
+        self._storage_options = state["storage_options"]
+        self.dataset_meta = state["dataset_meta"]
+        self.classes = classes_from_attrs(self.dataset_meta)
+        self._connect()
+
+    def __repr__(self) -> str:
+        return f"VolumeStore({redact(self.url)!r})"
+
+    def _scrub(self, text: str) -> str:
+        """``text`` with every credential (env or storage option) masked."""
+        text = redact(str(text))
+        for secret in _secret_values(self._storage_options):
+            text = text.replace(secret, "***")
+        return text
+
+    def _error(self, what: str, todo: str, exc: BaseException | None = None) -> StoreError:
+        detail = f" ({type(exc).__name__}: {exc})" if exc is not None else ""
+        return StoreError(self._scrub(f"store {self.url}: {what}{detail}; {todo}"))
+
+    def _path(self, key: str) -> str:
+        return f"{self._root}/{key}"
+
+    def _read_json(self, key: str) -> dict | None:
+        """A JSON object from the store, or None if the key does not exist."""
+        try:
+            raw = self._fs.cat_file(self._path(key))
+        except FileNotFoundError:
+            return None
+        except PermissionError as exc:
+            raise self._error(f"access denied reading {key}",
+                              "check the credentials (AWS_* variables or --storage-option key=/secret=)", exc) from None
+        except Exception as exc:  # connection refused, DNS, timeouts, botocore errors
+            raise self._error(f"cannot read {key}",
+                              "check the endpoint/bucket is reachable (AWS_ENDPOINT_URL or "
+                              "--storage-option endpoint_url=...)", exc) from None
+        try:
+            return json.loads(raw)
+        except ValueError as exc:
+            raise self._error(f"{key} is not valid JSON", "the store is damaged; re-ingest it", exc) from None
+
+    def _read_dataset_meta(self) -> dict:
+        doc = self._read_json(_ZARR_JSON)
+        if doc is None:
+            raise self._error("no store here (zarr.json missing)",
+                              "check the URL, or create one with `action-ray ingest`")
+        meta = (doc.get("attributes") or {}).get(ATTRS_KEY)
+        if doc.get("zarr_format") != 3 or not isinstance(meta, dict) or "classes" not in meta:
+            raise self._error("not an action-ray store (no Zarr v3 root with attrs['action_ray'])",
+                              "point at a store written by `action-ray ingest`")
+        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+            raise self._error(f"format_version {meta['format_version']} is newer than this "
+                              f"action-ray understands ({FORMAT_VERSION})", "upgrade action-ray")
+        return meta
+
+    # ------------------------------------------------------------------------------ writing
+    def write_case(self, meta: CaseMeta, image: np.ndarray, label: np.ndarray | None,
+                   *, chunking: str = "slice", overwrite: bool = False) -> None:
+        """Write one case so that readers see all of it or none of it.
+
+        ``image`` is (Z, Y, X) float32 (other real dtypes are converted), ``label`` (Z, Y, X)
+        with integer class ids from the store's classes, or None for an unlabelled case.
+        Order: remove any leftover of this id, write the case group with ``complete: false``,
+        the arrays, and last rewrite the case ``zarr.json`` with ``complete: true``.
+        Raises :class:`StoreError` if the case is already complete and ``overwrite`` is False.
+        """
+        import zarr
+
+        validate_meta(meta)
+        image, label = self._checked_arrays(meta, image, label)
+        chunks = chunk_shape(image.shape, chunking)
+        if self.is_complete(meta.case_id) and not overwrite:
+            raise self._error(f"case {meta.case_id!r} is already complete",
+                              "pass overwrite=True (ingest --overwrite) to replace it")
+        stats = intensity_stats(image)
+        counts = label_voxel_counts(label, self.classes) if label is not None else None
+        key = case_key(meta.case_id)
+        self._forget(meta.case_id)
+        try:
+            self._remove_key(key)
+            pending = case_attrs(meta, image.shape, stats, counts, complete=False)
+            spacing = tuple(float(s) for s in meta.spacing)
+            group = zarr.create_group(self._zstore, path=key, attributes={
+                ATTRS_KEY: pending, "ome": ome.image_attrs(meta.case_id, spacing)})
+            group.create_array(IMAGE_ARRAY, data=image, chunks=chunks, compressors=image_compressors(),
+                               dimension_names=AXES, fill_value=0.0)
+            if label is not None:
+                labels = group.create_group(LABELS_GROUP, attributes={"ome": ome.labels_group_attrs()})
+                label_image = labels.create_group(LABEL_IMAGE_NAME, attributes={
+                    "ome": ome.label_image_attrs(meta.case_id, spacing, self.classes)})
+                label_image.create_array("0", data=label, chunks=chunks, compressors=label_compressors(),
+                                         dimension_names=AXES, fill_value=0)
+            group.update_attributes({ATTRS_KEY: {**pending, "complete": True}})  # the marker, last
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._error(f"writing case {meta.case_id!r} failed",
+                              "check the storage is writable and has space; the half-written case stays "
+                              "invisible and is replaced by the next write", exc) from exc
+
+    def _checked_arrays(self, meta: CaseMeta, image: np.ndarray, label: np.ndarray | None):
+        where = f"case {meta.case_id!r} (source {meta.source.get('image')})"
+        image = np.asarray(image)
+        if image.ndim != 3 or min(image.shape) < 1:
+            raise CaseError(f"{where}: image must be a non-empty (Z, Y, X) array, got shape {image.shape}")
+        if not (np.issubdtype(image.dtype, np.floating) or np.issubdtype(image.dtype, np.integer)):
+            raise CaseError(f"{where}: image dtype {image.dtype} is not numeric")
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        if not np.all(np.isfinite(image)):
+            raise CaseError(f"{where}: image contains NaN or infinite voxels; fix or mask the scan")
+        if label is None:
+            return image, None
+        label = np.asarray(label)
+        where = f"case {meta.case_id!r} (label {meta.source.get('label')})"
+        if label.shape != image.shape:
+            raise CaseError(f"{where}: label shape {label.shape} differs from image shape {image.shape}")
+        if not (np.issubdtype(label.dtype, np.integer) or np.issubdtype(label.dtype, np.floating)):
+            raise CaseError(f"{where}: label dtype {label.dtype} is not numeric")
+        if np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):
+            raise CaseError(f"{where}: label has non-integer values; expected class ids")
+        values = np.unique(label)
+        unknown = [int(v) for v in values if int(v) not in self.classes]
+        if unknown:
+            raise CaseError(f"{where}: label values {unknown} are not store classes "
+                            f"{sorted(self.classes)}; fix the label map or the dataset recipe")
+        return image, np.ascontiguousarray(label, dtype=np.uint8)
+
+    def _remove_key(self, key: str) -> None:
+        path = self._path(key)
+        try:
+            self._fs.invalidate_cache(path)
+            if self._fs.exists(path):
+                self._fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass
+        self._fs.invalidate_cache(path)
+
+    def _forget(self, case_id: str) -> None:
+        self._infos.pop(case_id, None)
+        for kind in (IMAGE_ARRAY, LABEL_ARRAY):
+            self._arrays.pop((case_id, kind), None)
+
+    # ------------------------------------------------------------------------------ listing
+    def _case_ids_on_storage(self) -> list[str]:
+        """Every case id with anything under ``cases/`` (complete or not): one listing."""
+        path = self._path(CASES_GROUP)
+        try:
+            self._fs.invalidate_cache(path)
+            entries = self._fs.ls(path, detail=False)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise self._error("cannot list cases/", "check the endpoint/bucket is reachable", exc) from None
+        names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries}
+        names.discard(_ZARR_JSON)
+        return sorted(n for n in names if n not in (".", ".."))
+
+    def _case_documents(self) -> dict[str, dict | None]:
+        """case id -> case group attributes (None if its zarr.json is missing), read concurrently."""
+        ids = self._case_ids_on_storage()
+        paths = {self._path(f"{case_key(i)}/{_ZARR_JSON}"): i for i in ids}
+        if not paths:
+            return {}
+        try:
+            raw = self._fs.cat(list(paths), on_error="return")
+        except Exception as exc:
+            raise self._error("cannot read case metadata", "check the endpoint/bucket is reachable", exc) from None
+        docs: dict[str, dict | None] = {}
+        for path, case_id in paths.items():
+            value = raw.get(path, FileNotFoundError(path))
+            if isinstance(value, FileNotFoundError):
+                docs[case_id] = None
+            elif isinstance(value, BaseException):
+                raise self._error(f"cannot read metadata of case {case_id!r}",
+                                  "check the endpoint/bucket is reachable", value)
+            else:
+                try:
+                    docs[case_id] = json.loads(value).get("attributes") or {}
+                except ValueError:
+                    docs[case_id] = None  # a torn write on a non-atomic filesystem: incomplete
+        return docs
+
+    def list_cases(self, split: str | None = None, has_label: bool | None = None) -> list[CaseInfo]:
+        """Complete cases sorted by id, optionally only one split and/or only (un)labelled ones."""
+        infos = []
+        for case_id, attrs in self._case_documents().items():
+            if not is_complete_attrs(attrs):
+                continue
+            info = info_from_attrs(attrs)
+            self._infos.setdefault(case_id, info)
+            if split is not None and info.split != split:
+                continue
+            if has_label is not None and info.has_label != has_label:
+                continue
+            infos.append(info)
+        return infos
+
+    def incomplete_cases(self) -> list[str]:
+        """Ids with data under ``cases/`` but no completion marker (killed or running writers)."""
+        return [i for i, attrs in self._case_documents().items() if not is_complete_attrs(attrs)]
+
+    def remove_incomplete(self) -> list[str]:
+        """Delete leftovers of killed writes and return their ids.
+
+        Do not run it while an ingest is writing into the same store: a case being written
+        looks exactly like a leftover until its marker lands.
+        """
+        removed = self.incomplete_cases()
+        for case_id in removed:
+            self._forget(case_id)
+            self._remove_key(case_key(case_id))
+        return removed
+
+    def is_complete(self, case_id: str) -> bool:
+        attrs = self._read_json(f"{case_key(case_id)}/{_ZARR_JSON}")
+        return is_complete_attrs((attrs or {}).get("attributes"))
+
+    def case(self, case_id: str) -> CaseInfo:
+        """Metadata of one complete case; :class:`StoreError` if it is absent or incomplete."""
+        check_case_id(case_id)
+        info = self._infos.get(case_id)
+        if info is None:
+            doc = self._read_json(f"{case_key(case_id)}/{_ZARR_JSON}")
+            attrs = (doc or {}).get("attributes")
+            if doc is None:
+                raise self._error(f"no case {case_id!r}", "list the cases with `action-ray info STORE`")
+            if not is_complete_attrs(attrs):
+                raise self._error(f"case {case_id!r} is incomplete (its write was interrupted or is running)",
+                                  "re-run ingest to rewrite it, or wait for the running ingest")
+            info = self._infos[case_id] = info_from_attrs(attrs)
+        return info
+
+    def spacing(self, case_id: str) -> tuple[float, float, float]:
+        """(sz, sy, sx) in mm, in array axis order."""
+        return self.case(case_id).spacing
+
+    # ------------------------------------------------------------------------------ reading
+    def _array(self, case_id: str, kind: str):
+        handle = self._arrays.get((case_id, kind))
+        if handle is None:
+            import zarr
+
+            try:
+                handle = zarr.open_array(self._zstore, path=case_key(case_id, kind), mode="r")
+            except Exception as exc:
+                raise self._error(f"case {case_id!r}: cannot open array {kind}",
+                                  "the case is damaged; re-ingest it with overwrite", exc) from None
+            self._arrays[(case_id, kind)] = handle
+        return handle
+
+    def _read(self, info: CaseInfo, selection: tuple) -> tuple[np.ndarray, np.ndarray | None]:
+        try:
+            image = np.asarray(self._array(info.case_id, IMAGE_ARRAY)[selection])
+            label = np.asarray(self._array(info.case_id, LABEL_ARRAY)[selection]) if info.has_label else None
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._error(f"case {info.case_id!r}: reading {selection} failed",
+                              "a chunk may be missing or corrupt; re-ingest the case", exc) from None
+        return image, label
+
+    def read_volume(self, case_id: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(image float32 (Z, Y, X), label uint8 (Z, Y, X) or None)."""
+        return self._read(self.case(case_id), (slice(None),) * 3)
+
+    def read_slice(self, case_id: str, z: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Axial slice ``z``: (image (Y, X), label (Y, X) or None). One chunk with slice chunking."""
+        info = self.case(case_id)
+        if isinstance(z, bool) or not isinstance(z, (int, np.integer)) or not 0 <= int(z) < info.shape[0]:
+            raise self._error(f"case {case_id!r}: slice z={z!r} is out of range",
+                              f"use 0 <= z < {info.shape[0]}")
+        return self._read(info, (int(z), slice(None), slice(None)))
+
+    def read_patch(self, case_id: str, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray | None]:
+        """The (z, y, x) box as (image, label or None), each shaped like the box.
+
+        Every slice must have step 1 and lie inside the volume (None means the whole axis);
+        boxes are never clipped silently.
+        """
+        info = self.case(case_id)
+        if not isinstance(box, tuple) or len(box) != 3 or not all(isinstance(s, slice) for s in box):
+            raise self._error(f"case {case_id!r}: box {box!r} is not three slices", "pass (slice, slice, slice)")
+        selection = []
+        for axis, (s, size) in enumerate(zip(box, info.shape)):
+            start = 0 if s.start is None else s.start
+            stop = size if s.stop is None else s.stop
+            if s.step not in (None, 1) or not 0 <= start < stop <= size:
+                raise self._error(f"case {case_id!r}: box {box!r} is out of range on axis {AXES[axis]}",
+                                  f"use step 1 and 0 <= start < stop <= {size} (shape {info.shape})")
+            selection.append(slice(int(start), int(stop)))
+        return self._read(info, tuple(selection))
+
+    def array_key(self, case_id: str, kind: str = IMAGE_ARRAY) -> str:
+        """Store-relative key of a case's ``image`` or ``label`` array (for direct zarr readers).
+
+        The label lives at ``labels/label/0`` because it *is* the OME-NGFF label image.
+        """
+        member = {IMAGE_ARRAY: IMAGE_ARRAY, "label": LABEL_ARRAY}.get(kind)
+        if member is None:
+            raise StoreError(f"unknown array kind {kind!r}: use 'image' or 'label'")
+        return case_key(case_id, member)
+
+
+def _zarr_root_exists(url: str, storage_options: dict | None) -> bool:
+    fs, root = filesystem_for(url, storage_options)
+    fs.invalidate_cache(root)
+    return fs.exists(f"{root}/{_ZARR_JSON}")
+
+
+def open_store(url: str, storage_options: dict | None = None) -> VolumeStore:
+    """Open an existing store; :class:`StoreError` if it is missing, unreachable or not ours."""
+    return VolumeStore(url, storage_options)
+
+
+def create_store(url: str, *, name: str, modality: str, layout: str, classes: dict[int, str],
+                 storage_options: dict | None = None, exist_ok: bool = True) -> VolumeStore:
+    """Create a store (root + ``cases`` group), or open an existing compatible one.
+
+    An existing store must have the same ``classes`` and ``layout``; otherwise a
+    :class:`StoreError` names the key that differs. Safe to call from several processes.
+    """
+    import zarr
+
+    if not classes or 0 not in classes:
+        raise StoreError(f"classes for store {redact(url)} must include 0 (background), got {classes!r}")
+    wanted = dataset_attrs(name=name, modality=modality, layout=layout, classes=classes,
+                           created_by=f"action-ray {__version__}", codec=IMAGE_CODEC_NAME)
+    wanted["label_codec"] = LABEL_CODEC_NAME
+    probe = VolumeStore.__new__(VolumeStore)
+    probe.url, probe._storage_options = str(url).rstrip("/"), dict(storage_options or {})
+    try:
+        exists = _zarr_root_exists(url, storage_options)
+    except Exception as exc:
+        raise probe._error("cannot check whether a store exists", "check the endpoint/bucket is reachable",
+                           exc) from None
+    if exists:
+        store = VolumeStore(url, storage_options)
+        if not exist_ok:
+            raise store._error("a store already exists here", "choose another URL or allow reuse")
+        for key in ("classes", "layout"):
+            if store.dataset_meta.get(key) != wanted[key]:
+                raise store._error(f"existing store has {key}={store.dataset_meta.get(key)!r}, "
+                                   f"not {wanted[key]!r}", "write to a new store URL")
+        return store
+    probe._connect()
+    try:
+        fs, root = probe._fs, probe._root
+        if not is_remote(url) and fs.exists(root) and fs.ls(root):
+            raise probe._error("the directory exists, is not empty and is not a store",
+                               "choose an empty or new directory")
+        zarr.create_group(probe._zstore, attributes={ATTRS_KEY: wanted}, zarr_format=3)
+        zarr.create_group(probe._zstore, path=CASES_GROUP, zarr_format=3)
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise probe._error("cannot create the store", "check the bucket exists and is writable", exc) from None
+    return VolumeStore(url, storage_options)
