@@ -1,0 +1,166 @@
+"""Dataset recipes: what a collection *is* (classes, modality, layout, splits, normalisation).
+
+A recipe is a small YAML file kept next to the dataset's README in ``datasets/<name>/recipe.yaml``
+and shipped with the package as ``action_ray/recipes/<name>.yaml``, so ``--recipe acdc`` works
+from an installed wheel. Ingest uses the classes, modality, layout and split file; training uses
+the intensity normalisation, computed from the per-case statistics the store records
+(``p0_5``/``p99_5``/``mean``/``std``) so a single slice can be normalised without reading its
+whole volume.
+
+Normalisation methods:
+
+* ``percentile_minmax`` (MR): clip to the case's [lower, upper] percentiles, scale to [0, 1];
+* ``zscore`` (MR): subtract the case mean, divide by its standard deviation;
+* ``window`` (CT): clip to a fixed HU window [low, high], scale to [0, 1].
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Mapping
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from action_ray.errors import ConfigError
+
+#: Layout -> recipe used when ``action-ray ingest`` gets no ``--recipe``.
+DEFAULT_RECIPE_FOR_LAYOUT = {"acdc": "acdc", "lits": "lits", "msd": "msd"}
+SPLIT_FILE_SUFFIX = "-split.yaml"
+
+
+class Normalisation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["percentile_minmax", "zscore", "window"]
+    lower: float | None = Field(None, description="percentile_minmax: lower percentile (only 0.5 is stored per case)")
+    upper: float | None = Field(None, description="percentile_minmax: upper percentile (only 99.5 is stored per case)")
+    low: float | None = Field(None, description="window: lower bound (e.g. HU)")
+    high: float | None = Field(None, description="window: upper bound (e.g. HU)")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "Normalisation":
+        if self.method == "window" and (self.low is None or self.high is None or self.low >= self.high):
+            raise ValueError("method 'window' needs low < high")
+        if self.method == "percentile_minmax" and (self.lower, self.upper) != (0.5, 99.5):
+            raise ValueError("percentile_minmax uses the stored p0_5/p99_5 statistics: set lower: 0.5, upper: 99.5")
+        return self
+
+    def apply(self, image: np.ndarray, stats: Mapping[str, float]) -> np.ndarray:
+        """Normalise a slice or volume of one case, using that case's stored ``stats``."""
+        image = np.asarray(image, dtype=np.float32)
+        if self.method == "window":
+            low, high = self.low, self.high
+        elif self.method == "percentile_minmax":
+            low, high = float(stats["p0_5"]), float(stats["p99_5"])
+        else:
+            std = float(stats["std"])
+            return ((image - float(stats["mean"])) / (std if std > 0 else 1.0)).astype(np.float32)
+        span = high - low if high > low else 1.0
+        return ((np.clip(image, low, high) - low) / span).astype(np.float32)
+
+
+class SplitRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rule: Literal["file", "seed"]
+    file: str | None = Field(None, description="rule 'file': YAML {train: [patient ids], val: [...], test: [...]}")
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    source: str | None = Field(None, description="where the split comes from, for the record")
+
+    @model_validator(mode="after")
+    def _file_given(self) -> "SplitRule":
+        if self.rule == "file" and not self.file:
+            raise ValueError("rule 'file' needs 'file: <name>-split.yaml'")
+        return self
+
+
+class Recipe(BaseModel):
+    """A validated dataset recipe; ``path`` is where it was loaded from (for split files)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    title: str
+    modality: str
+    layout: Literal["acdc", "lits", "msd", "folder"]
+    classes: dict[int, str]
+    normalisation: Normalisation
+    split: SplitRule
+    chunking: Literal["slice", "patch"] = "slice"
+    path: Path | None = Field(None, exclude=True)
+
+    @field_validator("classes")
+    @classmethod
+    def _background_first(cls, classes: dict[int, str]) -> dict[int, str]:
+        if 0 not in classes:
+            raise ValueError("classes must include 0 (background)")
+        if any(not 0 <= k <= 255 for k in classes):
+            raise ValueError("class indices must be in 0..255 (labels are stored as uint8)")
+        return dict(sorted(classes.items()))
+
+    def split_assignment(self) -> dict[str, str] | None:
+        """Patient id -> split from the recipe's split file, or None for the seed rule."""
+        if self.split.rule != "file":
+            return None
+        return load_split_file(self._sibling(self.split.file))
+
+    def _sibling(self, name: str) -> Path:
+        base = self.path.parent if self.path is not None else _package_dir()
+        return base / name
+
+
+def _package_dir() -> Path:
+    return Path(str(resources.files("action_ray") / "recipes"))
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    return sorted(p.stem for p in _package_dir().glob("*.yaml") if not p.name.endswith(SPLIT_FILE_SUFFIX))
+
+
+def _read_yaml(path: Path) -> object:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Load a recipe by shipped name (``acdc``) or by path (``datasets/acdc/recipe.yaml``)."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        path = candidate / "recipe.yaml" if candidate.is_dir() else candidate
+    else:
+        path = _package_dir() / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"recipe {str(name_or_path)!r} not found: use one of {', '.join(list_recipes())} "
+                          "or a path to a recipe.yaml")
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a YAML mapping")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None
+    recipe.path = path
+    return recipe
+
+
+def load_split_file(path: str | Path) -> dict[str, str]:
+    """Read ``{train: [ids], val: [...], test: [...]}`` into patient id -> split."""
+    from action_ray.ingest.splits import invert_split_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"split file {path} not found")
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a split file maps train/val/test to lists of patient ids")
+    try:
+        return invert_split_file(data, str(path))
+    except Exception as exc:
+        raise ConfigError(str(exc)) from None
