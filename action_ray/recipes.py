@@ -131,10 +131,12 @@ def _read_yaml(path: Path) -> object:
 def load_recipe(name_or_path: str | Path) -> Recipe:
     """Load a recipe by shipped name (``acdc``) or by path (``datasets/acdc/recipe.yaml``)."""
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
-        path = candidate / "recipe.yaml" if candidate.is_dir() else candidate
-    else:
+    if candidate.suffix in (".yaml", ".yml"):
+        path = candidate
+    elif str(name_or_path) in list_recipes():
         path = _package_dir() / f"{name_or_path}.yaml"
+    else:
+        path = candidate / "recipe.yaml"  # a datasets/<name>/ folder
     if not path.is_file():
         raise ConfigError(f"recipe {str(name_or_path)!r} not found: use one of {', '.join(list_recipes())} "
                           "or a path to a recipe.yaml")

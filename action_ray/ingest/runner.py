@@ -1,0 +1,248 @@
+"""Run an ingest: discover, split, then one dask task per case into the volume store.
+
+Memory stays bounded by design: the driver holds only the list of file names; each task opens
+the source and the store itself, loads exactly one case, validates it, writes it with the
+store's atomic ``write_case`` and returns a few numbers (:class:`CaseResult`). Dask's local
+schedulers run at most ``workers`` tasks at once, so peak memory is about ``workers`` cases.
+
+Resuming is the default: complete cases are listed once from the store and never re-read,
+leftovers of a killed run are removed first, and ``overwrite=True`` is the only way to rewrite
+a complete case. A run on a finished store therefore only lists the source and the store.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Callable
+
+from action_ray.errors import ActionRayError, CaseError
+from action_ray.ingest.layouts import Collection, SourceCase, discover
+from action_ray.ingest.splits import assign_splits
+from action_ray.ingest.validate import AFFINE_TOLERANCE_MM, load_case
+from action_ray.recipes import DEFAULT_RECIPE_FOR_LAYOUT, Recipe, load_recipe, load_split_file
+from action_ray.urls import filesystem_for, redact
+
+#: Exit code of a run that finished but skipped bad cases (2 is reserved for errors that stop it).
+EXIT_SKIPPED_CASES = 3
+SCHEDULERS = ("threads", "processes", "sync")
+
+
+@dataclass
+class IngestOptions:
+    """Everything one ingest run needs; mirrors the command-line flags."""
+
+    src: str
+    dst: str
+    layout: str
+    recipe: str | None = None
+    storage_options: dict = field(default_factory=dict)
+    workers: int = 2
+    scheduler: str = "threads"
+    overwrite: bool = False
+    seed: int = 0
+    split_file: str | None = None
+    chunking: str | None = None
+    csv: str = "cases.csv"
+    affine_tolerance_mm: float = AFFINE_TOLERANCE_MM
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class CaseTask:
+    """The picklable description of one case for a worker (no arrays, no open handles)."""
+
+    src_url: str
+    dst_url: str
+    options_json: str
+    case: SourceCase
+    split: str
+    classes: tuple[tuple[int, str], ...]
+    chunking: str
+    overwrite: bool
+    affine_tolerance_mm: float
+
+
+@dataclass
+class CaseResult:
+    """What a worker sends back: a few numbers, never the volume."""
+
+    case_id: str
+    status: str                   # "written" | "complete" (already there) | "failed"
+    image: str
+    reason: str = ""
+    bytes_read: int = 0
+    voxels: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class IngestReport:
+    results: list[CaseResult]
+    notes: list[str]
+    seconds: float
+
+    def count(self, status: str) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_SKIPPED_CASES if self.count("failed") else 0
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(r.bytes_read for r in self.results)
+
+
+# ------------------------------------------------------------------------------- worker side
+@lru_cache(maxsize=4)
+def _source_fs(src_url: str, options_json: str):
+    return filesystem_for(src_url, json.loads(options_json))[0]
+
+
+@lru_cache(maxsize=4)
+def _store(dst_url: str, options_json: str):
+    from action_ray.store import open_store
+
+    return open_store(dst_url, storage_options=json.loads(options_json))
+
+
+def ingest_case(task: CaseTask) -> CaseResult:
+    """Load, validate and write one case; any problem becomes a ``failed`` result, not a crash."""
+    from action_ray.store import CaseMeta
+
+    started = time.perf_counter()
+    case = task.case
+    try:
+        store = _store(task.dst_url, task.options_json)
+        if not task.overwrite and store.is_complete(case.case_id):
+            return CaseResult(case.case_id, "complete", case.image)
+        fs = _source_fs(task.src_url, task.options_json)
+        loaded = load_case(fs, case.image, case.label, dict(task.classes), task.affine_tolerance_mm)
+        meta = CaseMeta(
+            case_id=case.case_id, patient_id=case.patient_id, split=task.split,
+            spacing=loaded.spacing, affine=loaded.affine,
+            source={"image": fs.unstrip_protocol(case.image),
+                    "label": fs.unstrip_protocol(case.label) if case.label else None},
+            extra=dict(case.extra),
+        )
+        store.write_case(meta, loaded.image, loaded.label, chunking=task.chunking, overwrite=task.overwrite)
+        return CaseResult(case.case_id, "written", case.image, bytes_read=loaded.bytes_read,
+                          voxels=int(loaded.image.size), seconds=time.perf_counter() - started)
+    except CaseError as exc:
+        reason = str(exc)
+    except Exception as exc:  # a bug or an I/O failure in one case must not stop the others
+        reason = f"{case.image}: {type(exc).__name__}: {exc}"
+    return CaseResult(case.case_id, "failed", case.image, reason=redact(reason),
+                      seconds=time.perf_counter() - started)
+
+
+# ------------------------------------------------------------------------------- driver side
+def resolve_recipe(options: IngestOptions) -> Recipe:
+    """The recipe named by ``--recipe``, else the layout's default (folder needs one)."""
+    name = options.recipe or DEFAULT_RECIPE_FOR_LAYOUT.get(options.layout)
+    if name is None:
+        raise ActionRayError(f"--layout {options.layout} needs --recipe NAME|PATH (classes, modality) — "
+                             "e.g. copy datasets/lits/recipe.yaml and edit its classes")
+    return load_recipe(name)
+
+
+def plan_classes(recipe: Recipe, collection: Collection, notes: list[str]) -> tuple[dict[int, str], str]:
+    """Classes and modality: dataset.json wins for MSD / nnU-Net folders, else the recipe."""
+    classes, modality = recipe.classes, recipe.modality
+    if collection.classes is not None:
+        if collection.classes != recipe.classes:
+            notes.append(f"classes from dataset.json {collection.classes} (recipe {recipe.name!r} had {recipe.classes})")
+        classes = collection.classes
+        modality = collection.modality or modality
+    return classes, modality
+
+
+def check_existing_splits(existing: dict[str, Any], cases: list[SourceCase], splits: dict[str, str]) -> None:
+    """Refuse to resume into a store whose complete cases were split differently."""
+    for case in cases:
+        info = existing.get(case.case_id)
+        if info is not None and info.split != splits[case.patient_id]:
+            raise ActionRayError(
+                f"case {case.case_id!r} is stored in split {info.split!r} but this run puts patient "
+                f"{case.patient_id!r} in {splits[case.patient_id]!r}: use the seed/split file of the first run, "
+                "or --overwrite to re-ingest everything"
+            )
+
+
+def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> IngestReport:
+    """Ingest ``options.src`` into ``options.dst``; returns per-case results and notes."""
+    import dask
+    from dask.diagnostics import ProgressBar
+
+    from action_ray.store import create_store
+
+    started = time.perf_counter()
+    _store.cache_clear()  # a store re-created at the same URL since the last run in this process
+    _source_fs.cache_clear()
+    if options.scheduler not in SCHEDULERS:
+        raise ActionRayError(f"--scheduler {options.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
+    recipe = resolve_recipe(options)
+    fs, root = filesystem_for(options.src, options.storage_options)
+    collection = discover(options.layout, fs, root, csv_name=options.csv)
+    notes: list[str] = []
+    classes, modality = plan_classes(recipe, collection, notes)
+    split_file = load_split_file(options.split_file) if options.split_file else recipe.split_assignment()
+    splits, split_notes = assign_splits(collection.cases, seed=options.seed, split_file=split_file,
+                                        fractions=recipe.split.fractions)
+    notes += split_notes
+    chunking = options.chunking or recipe.chunking
+
+    store = create_store(options.dst, name=collection.name or recipe.name, modality=modality, layout=options.layout,
+                         classes=classes, storage_options=options.storage_options, exist_ok=True)
+    leftovers = store.remove_incomplete()
+    if leftovers:
+        notes.append(f"removed {len(leftovers)} incomplete case(s) left by an interrupted run: "
+                     + ", ".join(sorted(leftovers)[:5]))
+    existing = {} if options.overwrite else {info.case_id: info for info in store.list_cases()}
+    check_existing_splits(existing, collection.cases, splits)
+
+    results: list[CaseResult] = []
+    tasks: list[CaseTask] = []
+    options_json = json.dumps(options.storage_options, sort_keys=True)
+    for case in collection.cases:
+        if case.case_id in existing:
+            results.append(CaseResult(case.case_id, "complete", case.image))
+        elif case.problem:
+            results.append(CaseResult(case.case_id, "failed", case.image, reason=case.problem))
+        else:
+            tasks.append(CaseTask(options.src, options.dst, options_json, case, splits[case.patient_id],
+                                  tuple(classes.items()), chunking, options.overwrite, options.affine_tolerance_mm))
+    n_complete = len(existing)
+    say(f"{len(collection.cases)} cases found ({options.layout}); {n_complete} cases already complete; "
+        f"{len(tasks)} to ingest with {options.workers} {options.scheduler} worker(s)")
+    if tasks:
+        delayed = [dask.delayed(ingest_case, pure=False)(task) for task in tasks]
+        compute_kwargs: dict[str, Any] = {"scheduler": options.scheduler}
+        if options.scheduler != "sync":
+            compute_kwargs["num_workers"] = max(1, options.workers)
+        if options.progress:
+            with ProgressBar(dt=1.0, out=sys.stderr):
+                results += dask.compute(*delayed, **compute_kwargs)
+        else:
+            results += dask.compute(*delayed, **compute_kwargs)
+    return IngestReport(results, notes, time.perf_counter() - started)
+
+
+def format_report(report: IngestReport) -> str:
+    """The end-of-run summary: counts, throughput, then one line per skipped case."""
+    lines = [f"ingest finished in {report.seconds:.1f} s: {report.count('written')} written, "
+             f"{report.count('complete')} already complete, {report.count('failed')} skipped (bad input)"]
+    if report.bytes_read:
+        lines.append(f"read {report.bytes_read / 1e6:.1f} MB ({report.bytes_read / 1e6 / max(report.seconds, 1e-9):.1f} MB/s)")
+    lines += [f"note: {note}" for note in report.notes]
+    failed = [r for r in report.results if r.status == "failed"]
+    if failed:
+        width = max(len(r.case_id) for r in failed)
+        lines.append("skipped cases:")
+        lines.append(f"  {'case'.ljust(width)}  reason")
+        lines += [f"  {r.case_id.ljust(width)}  {r.reason}" for r in failed]
+    return "\n".join(lines)

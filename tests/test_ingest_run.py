@@ -1,0 +1,124 @@
+"""End-to-end ingest into a local store: round trip, resume, overwrite, bad input, splits."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from action_ray.cli import main
+from action_ray.errors import ActionRayError
+from action_ray.ingest.runner import EXIT_SKIPPED_CASES, IngestOptions, run_ingest
+from action_ray.store import open_store
+from niftis import expected_arrays, make_volume, save, truncate_gzip, write_acdc, write_folder, write_lits
+
+
+def ingest(src: Path, dst: Path, layout: str, **kwargs):
+    options = IngestOptions(src=str(src), dst=str(dst), layout=layout, progress=False, **kwargs)
+    return run_ingest(options, say=lambda line: None)
+
+
+def file_mtimes(store_dir: Path, case_id: str) -> dict[str, int]:
+    case_dir = store_dir / "cases" / case_id
+    return {str(p.relative_to(case_dir)): p.stat().st_mtime_ns for p in case_dir.rglob("*") if p.is_file()}
+
+
+def test_acdc_round_trip_is_bit_exact_with_metadata(tmp_path):
+    written = write_acdc(tmp_path / "src", 3)
+    report = ingest(tmp_path / "src", tmp_path / "s.zarr", "acdc", workers=2)
+    assert report.exit_code == 0 and report.count("written") == 6
+    store = open_store(str(tmp_path / "s.zarr"))
+    assert store.classes == {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
+    infos = {info.case_id: info for info in store.list_cases()}
+    assert sorted(infos) == sorted(w.case_id for w in written)
+    for w in written:
+        image, label = store.read_volume(w.case_id)
+        np.testing.assert_array_equal(image, expected_arrays(w.image))
+        np.testing.assert_array_equal(label, expected_arrays(w.label))
+        info = infos[w.case_id]
+        assert info.patient_id == w.patient_id and info.spacing == (6.0, 1.25, 1.5)
+        assert info.source["image"].endswith(w.image.name) and info.source["label"].endswith(w.label.name)
+        assert info.extra["phase"] in ("ED", "ES") and info.extra["group"]
+    # the ACDC recipe's split file decides, and both frames of a patient agree
+    split_of = {}
+    for info in infos.values():
+        assert split_of.setdefault(info.patient_id, info.split) == info.split
+
+
+def test_rerun_is_a_no_op_and_overwrite_is_explicit(tmp_path):
+    write_lits(tmp_path / "src", 3, unlabelled=(1,))
+    dst = tmp_path / "s.zarr"
+    ingest(tmp_path / "src", dst, "lits")
+    before = {c: file_mtimes(dst, c) for c in ("volume-0", "volume-1", "volume-2")}
+    again = ingest(tmp_path / "src", dst, "lits")
+    assert again.count("complete") == 3 and again.count("written") == 0 and again.bytes_read == 0
+    assert {c: file_mtimes(dst, c) for c in before} == before
+    store = open_store(str(dst))
+    assert store.case("volume-1").has_label is False and store.case("volume-1").split == "train"
+    forced = ingest(tmp_path / "src", dst, "lits", overwrite=True)
+    assert forced.count("written") == 3
+    assert file_mtimes(dst, "volume-0") != before["volume-0"]
+
+
+def test_resuming_with_a_different_split_is_refused(tmp_path):
+    write_lits(tmp_path / "src", 6)
+    ingest(tmp_path / "src", tmp_path / "s.zarr", "lits", seed=0)
+    with pytest.raises(ActionRayError, match="use the seed/split file of the first run"):
+        ingest(tmp_path / "src", tmp_path / "s.zarr", "lits", seed=12345)
+
+
+def test_split_file_option_overrides_the_seed_rule(tmp_path):
+    write_lits(tmp_path / "src", 3)
+    split_file = tmp_path / "split.yaml"
+    split_file.write_text("train: [volume-0]\nval: [volume-1]\ntest: [volume-2]\n")
+    ingest(tmp_path / "src", tmp_path / "s.zarr", "lits", split_file=str(split_file))
+    store = open_store(str(tmp_path / "s.zarr"))
+    assert {i.case_id: i.split for i in store.list_cases()} == {"volume-0": "train", "volume-1": "val", "volume-2": "test"}
+
+
+def test_bad_cases_are_skipped_reported_and_the_rest_ingested(tmp_path, capsys):
+    src = tmp_path / "src"
+    written = write_folder(src, 8, with_patient=False)
+    truncate_gzip(written[0].image)
+    save(written[1].label, make_volume(seed=1, shape=(20, 16, 4))[1])          # shape mismatch
+    image, _ = make_volume(seed=2)
+    image[0, 0, 0] = np.nan
+    save(written[2].image, image)                                                # NaN
+    _, label = make_volume(seed=3, n_classes=2)
+    label[1, 1, 1] = 9
+    save(written[3].label, label)                                                # undeclared class
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("name: t\ntitle: test\nmodality: CT\nlayout: folder\nclasses: {0: bg, 1: organ}\n"
+                      "normalisation: {method: zscore}\nsplit: {rule: seed}\n")
+    rc = main(["ingest", str(src), str(tmp_path / "s.zarr"), "--layout", "folder", "--recipe", str(recipe),
+               "--no-progress", "--workers", "2"])
+    out = capsys.readouterr().out
+    assert rc == EXIT_SKIPPED_CASES
+    assert "4 written, 0 already complete, 4 skipped" in out
+    for bad, reason in [(written[0].image, "truncated or corrupt gzip"), (written[1].label, "label shape"),
+                        (written[2].image, "NaN"), (written[3].label, "label values [9]")]:
+        line = next(l for l in out.splitlines() if str(bad) in l)
+        assert reason in line
+    store = open_store(str(tmp_path / "s.zarr"))
+    assert sorted(i.case_id for i in store.list_cases()) == [w.case_id for w in written[4:]]
+    assert store.incomplete_cases() == []
+
+
+def test_acdc_missing_gt_is_reported_and_the_other_frame_ingested(tmp_path, capsys):
+    write_acdc(tmp_path / "src", 1)
+    missing = tmp_path / "src/training/patient001/patient001_frame11_gt.nii.gz"
+    missing.unlink()
+    rc = main(["ingest", str(tmp_path / "src"), str(tmp_path / "s.zarr"), "--layout", "acdc", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == EXIT_SKIPPED_CASES and str(missing) in out and "declared in Info.cfg" in out
+    assert [i.case_id for i in open_store(str(tmp_path / "s.zarr")).list_cases()] == ["patient001_frame01"]
+
+
+def test_folder_layout_without_recipe_and_bad_workers_are_one_line_errors(tmp_path, capsys):
+    write_folder(tmp_path / "src", 2)
+    assert main(["ingest", str(tmp_path / "src"), str(tmp_path / "s.zarr"), "--layout", "folder"]) == 2
+    assert "needs --recipe" in capsys.readouterr().err
+    assert main(["ingest", str(tmp_path / "src"), str(tmp_path / "s.zarr"), "--layout", "lits", "--workers", "0"]) == 2
+    assert "--workers" in capsys.readouterr().err
