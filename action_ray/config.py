@@ -23,6 +23,7 @@ Conventions that other modules rely on:
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import hashlib
 import json
@@ -575,6 +576,23 @@ def config_from_dict(tree: Mapping[str, Any], origin: str = "config") -> Config:
         return Config.model_validate(dict(tree))
     except ValidationError as exc:
         raise ConfigError(_explain(exc, origin, set())) from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """The same two arguments on every verb that trains: ``--config`` and trailing overrides."""
+    parser.add_argument(
+        "--config", default=None, metavar="FILE|PRESET",
+        help=f"YAML file or preset ({', '.join(preset_names())}); defaults are the paper's values",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE",
+        help="config overrides such as data.store=s3://bucket/acdc.zarr train.num_workers=2",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """:func:`load_config` from the arguments added by :func:`add_config_arguments`."""
+    return load_config(args.config, list(args.overrides or ()))
 
 
 # ------------------------------------------------------------------------------------ errors

@@ -199,3 +199,16 @@ def test_resolved_values():
     assert cfg.train.resolved_backend == "gloo"
     assert cfg.train.resolved_storage_path.startswith("/")
     assert load_config(None, ["train.storage_path=s3://b/runs"]).train.resolved_storage_path == "s3://b/runs"
+
+
+def test_cli_arguments_feed_load_config():
+    import argparse
+
+    from action_ray.config import add_config_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    args = parser.parse_args(["--config", "cpu-demo", "ft.num_queries=8", "train.num_workers=1"])
+    cfg = config_from_args(args)
+    assert cfg.ft.num_queries == 8 and cfg.train.num_workers == 1 and cfg.data.slice_size == 64
+    assert config_from_args(parser.parse_args([])) == Config()
