@@ -1,0 +1,65 @@
+"""The few `torch.distributed` calls the method needs, usable with or without a process group.
+
+The memory banks are *global*: every rank gathers the teacher keys of all ranks and enqueues the
+same global batch, so all replicas hold identical banks. These helpers keep that one collective
+in one place and make every function a no-op when no process group is initialised (a plain
+single-process run, a unit test, or a Ray worker before `prepare_model`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def is_distributed() -> bool:
+    """True when a `torch.distributed` process group is initialised (and there may be peers)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def world_size() -> int:
+    """Number of ranks in the default group; 1 outside a process group."""
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def rank() -> int:
+    """This process's rank in the default group; 0 outside a process group."""
+    return dist.get_rank() if is_distributed() else 0
+
+
+@torch.no_grad()
+def concat_all_gather(x: torch.Tensor, check_sizes: bool = False) -> torch.Tensor:
+    """Gather ``x`` from every rank and concatenate along dim 0 in rank order.
+
+    x: (N, ...) on this rank -> (world_size * N, ...), identical on every rank. Without a process
+    group (or with one rank) ``x`` is returned as is. No gradient flows through the gather: it is
+    meant for teacher keys, which are constants.
+
+    All ranks must pass the same N: `all_gather` moves equally sized buffers and, with gloo, a
+    size mismatch aborts the job instead of raising. ``check_sizes=True`` first gathers every
+    rank's N (one extra small collective and a host sync) and raises a `ValueError` listing the
+    sizes; use it while debugging a data pipeline, leave it off in the hot loop.
+    """
+    if world_size() == 1:
+        return x
+    n = world_size()
+    if check_sizes:
+        sizes = _gather_leading_sizes(x)
+        if len(set(sizes)) != 1:
+            raise ValueError(
+                f"concat_all_gather needs the same batch size on every rank, got {sizes} "
+                "(rank order); make every worker enqueue equally sized batches "
+                "(e.g. drop_last=True in the data loader)"
+            )
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(n)]
+    dist.all_gather(parts, x)
+    return torch.cat(parts, dim=0)
+
+
+def _gather_leading_sizes(x: torch.Tensor) -> list[int]:
+    """Each rank's ``x.shape[0]``, in rank order (debug path: syncs with the host)."""
+    mine = torch.tensor([x.shape[0]], dtype=torch.long, device=x.device)
+    parts = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(parts, mine)
+    return [int(p) for p in torch.cat(parts).tolist()]
