@@ -10,8 +10,6 @@ for integer factors), so a resize by an integer factor repeats each label exactl
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from action_ray.errors import ConfigError
 
@@ -35,6 +33,9 @@ def resize_slices(
     height, width = int(size[0]), int(size[1])
     if images.shape[-2:] == (height, width):
         return images, labels
+    import torch  # here, so read workers that never resize do not pay for importing torch
+    import torch.nn.functional as F
+
     with torch.no_grad():
         image_t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))[:, None]
         resized = F.interpolate(image_t, size=(height, width), mode=image_mode, align_corners=False)
