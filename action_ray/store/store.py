@@ -14,6 +14,7 @@ processes write different cases at once. See docs/store.md for the trade-off.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Mapping
 
 import numpy as np
@@ -92,7 +93,9 @@ class VolumeStore:
     def _scrub(self, text: str) -> str:
         """``text`` with every credential (env or storage option) masked."""
         text = redact(str(text))
-        for secret in _secret_values(self._storage_options):
+        userinfo = re.match(r"[a-z0-9+.\-]+://([^/@\s]+)@", self.url)
+        secrets = _secret_values(self._storage_options) + ([userinfo.group(1)] if userinfo else [])
+        for secret in secrets:
             text = text.replace(secret, "***")
         return text
 
@@ -121,9 +124,18 @@ class VolumeStore:
         except ValueError as exc:
             raise self._error(f"{key} is not valid JSON", "the store is damaged; re-ingest it", exc) from None
 
+    def _bucket_exists(self) -> bool:
+        try:
+            return bool(self._fs.exists(self._root.split("/")[0]))
+        except Exception:  # reachability problems were already reported by the read
+            return True
+
     def _read_dataset_meta(self) -> dict:
         doc = self._read_json(_ZARR_JSON)
         if doc is None:
+            if is_remote(self.url) and not self._bucket_exists():
+                raise self._error(f"bucket {self._root.split('/')[0]!r} does not exist",
+                                  "check the bucket name and endpoint (AWS_ENDPOINT_URL)")
             raise self._error("no store here (zarr.json missing)",
                               "check the URL, or create one with `action-ray ingest`")
         meta = (doc.get("attributes") or {}).get(ATTRS_KEY)
