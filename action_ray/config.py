@@ -163,6 +163,7 @@ class ModelConfig(_Section):
     num_classes: int | None = Field(None, ge=2, description="None: read from the store")
     dims: Literal[2, 3] | None = Field(None, description="None: follows data.dims")
     representation_dim: int = Field(512, ge=1, description="FT pixel representation head output")
+    global_hidden: int = Field(256, ge=1, description="hidden width of the global MLP (3-D: 128)")
     global_dim: int = Field(512, ge=1, description="d_g, global embedding size")
     latent_pooling: int = Field(1, ge=1, description="pooling size before the global MLP (1 = GAP)")
     local_pooling: int = Field(8, ge=1, description="P: local patch pooled to P×P (P³ in 3-D)")
@@ -183,6 +184,20 @@ class ModelConfig(_Section):
                 f"model.local_pooling={self.local_pooling} must be <= model.cut_size={self.cut_size}"
             )
         return self
+
+    def head_sizes(self) -> dict[str, int]:
+        """Head sizes under the names of ``action_ray.model.HeadSizes`` (``HeadSizes(**…)``).
+
+        ``preset`` / ``widths`` choose the UNet only; the heads always come from these keys, so
+        one config file states every size of the run.
+        """
+        return {
+            "global_hidden": self.global_hidden,
+            "global_dim": self.global_dim,
+            "global_pool": self.latent_pooling,
+            "local_pool": self.local_pooling,
+            "representation_dim": self.representation_dim,
+        }
 
     @property
     def preset_or_widths(self) -> str | tuple[int, ...]:
@@ -394,6 +409,8 @@ class Config(_Section):
                 f"model.cut_size={self.model.cut_size} is larger than the training "
                 f"{'patch' if self.data.dims == 3 else 'slice'} side {min(sides)}"
             )
+        if self.data.dims == 2 and self.eval.window is not None:
+            raise ValueError("eval.window is the 3-D sliding window; 2-D evaluation goes slice by slice")
         if self.data.dims == 3 and self.eval.window is not None:
             if any(s > w for s, w in zip(self.eval.stride, self.eval.window)):
                 raise ValueError(

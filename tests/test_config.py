@@ -17,7 +17,7 @@ def test_defaults_are_the_papers_section_9_values():
     assert (cfg.data.ft_labelled_batch, cfg.data.ft_unlabelled_batch) == (4, 4)
     assert cfg.data.labelled_patients == 1 and cfg.data.label_ratio is None
     assert cfg.model.preset_or_widths == "paper" and cfg.model.dims == 2
-    assert (cfg.model.global_dim, cfg.model.representation_dim) == (512, 512)
+    assert (cfg.model.global_hidden, cfg.model.global_dim, cfg.model.representation_dim) == (256, 512, 512)
     assert (cfg.model.latent_pooling, cfg.model.local_pooling) == (1, 8)
     assert (cfg.model.cut_size, cfg.model.cut_stride) == (64, 32)
     for name in ("p1", "p2", "ft"):
@@ -107,6 +107,7 @@ def test_unknown_key_names_it_and_suggests_the_closest(override, expected):
         (["schedule.p1.nesterov=true", "schedule.p1.momentum=0"], r"nesterov=true needs momentum > 0"),
         (["train.report_every=30"], r"checkpoint_every=1000 must be a multiple of train\.report_every=30"),
         (["data.slice_size.x=3"], r"data\.slice_size"),
+        (["eval.window=[16,16,16]"], r"eval\.window is the 3-D sliding window"),
     ],
 )
 def test_bad_values_name_the_key_value_and_constraint(overrides, expected):
@@ -212,3 +213,14 @@ def test_cli_arguments_feed_load_config():
     cfg = config_from_args(args)
     assert cfg.ft.num_queries == 8 and cfg.train.num_workers == 1 and cfg.data.slice_size == 64
     assert config_from_args(parser.parse_args([])) == Config()
+
+
+def test_head_sizes_match_the_model_packages_names():
+    from action_ray.model import HeadSizes, MODEL_PRESETS
+
+    paper = Config().model.head_sizes()
+    assert HeadSizes(**paper) == MODEL_PRESETS["paper"].heads(2)
+    assert HeadSizes(**load_config("la-3d", []).model.head_sizes()) == MODEL_PRESETS["paper"].heads(3)
+    demo = load_config("cpu-demo", [])
+    assert HeadSizes(**demo.model.head_sizes()) == MODEL_PRESETS["cpu"].heads(2)
+    assert MODEL_PRESETS[demo.model.preset_or_widths].widths == (8, 16, 32, 64, 128)
