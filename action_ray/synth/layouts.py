@@ -1,0 +1,125 @@
+"""Write phantoms in the real ACDC and LiTS on-disk layouts, so one ingest path serves both.
+
+* ACDC: ``OUT/training/patientNNN/{Info.cfg, patientNNN_frameXX.nii.gz,
+  patientNNN_frameXX_gt.nii.gz}`` for the ED and ES frames, patients numbered from 001.
+* LiTS: ``OUT/volume-N.nii`` and ``OUT/segmentation-N.nii``, N from 0.
+
+Every file is written atomically (a temporary name in the same folder, then ``os.replace``),
+so a killed run never leaves a half-written NIfTI, and "all files of a case exist" means the
+case is complete, which is what makes ``action-ray synth`` resumable. Gzip output uses
+``mtime=0`` so the bytes depend only on the data (identical files for any ``--workers``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from action_ray.synth.cardiac import CardiacCase
+from action_ray.synth.liver import LiverCase
+
+
+def nifti_bytes(volume_zyx: np.ndarray, spacing_zyx: tuple[float, float, float], gzipped: bool) -> bytes:
+    """Serialise a ``(Z, Y, X)`` array as a NIfTI-1 file with spacing on the affine diagonal.
+
+    NIfTI's voxel axes are (i, j, k) = (x, y, z), so the array is transposed to ``(X, Y, Z)``;
+    the affine is ``diag(dx, dy, dz, 1)`` and ``pixdim`` carries the same spacing.
+    """
+    if volume_zyx.ndim != 3:
+        raise ValueError(f"nifti_bytes: expected a (Z, Y, X) volume, got shape {volume_zyx.shape}")
+    dz, dy, dx = (float(v) for v in spacing_zyx)
+    data = np.ascontiguousarray(volume_zyx.transpose(2, 1, 0))
+    affine = np.diag([dx, dy, dz, 1.0])
+    image = nib.Nifti1Image(data, affine)
+    image.header.set_zooms((dx, dy, dz))
+    image.header.set_xyzt_units("mm")
+    image.set_qform(affine, code=1)
+    image.set_sform(affine, code=1)
+    raw = image.to_bytes()
+    return gzip.compress(raw, compresslevel=6, mtime=0) if gzipped else raw
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def acdc_patient_dir(out: Path, index: int) -> Path:
+    """``OUT/training/patientNNN`` for 0-based case ``index`` (ACDC numbers patients from 001)."""
+    return Path(out) / "training" / f"patient{index + 1:03d}"
+
+
+def acdc_info_text(case: CardiacCase) -> str:
+    """ACDC's ``Info.cfg``: one ``Key: value`` per line, in ACDC's key order."""
+    return (
+        f"ED: {case.ed_frame}\nES: {case.es_frame}\nGroup: {case.group}\n"
+        f"Height: {case.height_cm:.1f}\nNbFrame: {case.nb_frames}\nWeight: {case.weight_kg:.1f}\n"
+    )
+
+
+def acdc_files(out: Path, index: int, ed_frame: int, es_frame: int) -> list[Path]:
+    """All files of one ACDC patient; ``Info.cfg`` last because it is written last."""
+    folder = acdc_patient_dir(out, index)
+    stem = folder.name
+    files = []
+    for frame in (ed_frame, es_frame):
+        files += [folder / f"{stem}_frame{frame:02d}.nii.gz", folder / f"{stem}_frame{frame:02d}_gt.nii.gz"]
+    return files + [folder / "Info.cfg"]
+
+
+def acdc_patient_complete(out: Path, index: int) -> bool:
+    """True when the patient's Info.cfg and the four frames it names all exist."""
+    info = acdc_patient_dir(out, index) / "Info.cfg"
+    if not info.is_file():
+        return False
+    values = {}
+    for line in info.read_text().splitlines():
+        key, _, value = line.partition(":")
+        values[key.strip()] = value.strip()
+    try:
+        ed, es = int(values["ED"]), int(values["ES"])
+    except (KeyError, ValueError):
+        return False
+    return all(p.is_file() for p in acdc_files(out, index, ed, es))
+
+
+def write_acdc_patient(out: Path, index: int, case: CardiacCase) -> list[Path]:
+    """Write one patient (ED + ES image and label, then Info.cfg); returns the paths written."""
+    paths = acdc_files(out, index, case.ed_frame, case.es_frame)
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
+    volumes = (case.ed_image, case.ed_label, case.es_image, case.es_label)
+    for path, volume in zip(paths, volumes):
+        write_atomic(path, nifti_bytes(volume, case.spacing, gzipped=True))
+    write_atomic(paths[-1], acdc_info_text(case).encode())
+    return paths
+
+
+def lits_files(out: Path, index: int) -> list[Path]:
+    """``volume-N.nii`` and ``segmentation-N.nii`` (N = ``index``, from 0)."""
+    return [Path(out) / f"volume-{index}.nii", Path(out) / f"segmentation-{index}.nii"]
+
+
+def lits_case_complete(out: Path, index: int) -> bool:
+    return all(p.is_file() for p in lits_files(out, index))
+
+
+def write_lits_case(out: Path, index: int, case: LiverCase) -> list[Path]:
+    """Write one LiTS volume/segmentation pair (uncompressed ``.nii`` as in LiTS)."""
+    paths = lits_files(out, index)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    # The label goes first: the image's presence then implies a complete pair.
+    write_atomic(paths[1], nifti_bytes(case.label, case.spacing, gzipped=False))
+    write_atomic(paths[0], nifti_bytes(case.image, case.spacing, gzipped=False))
+    return paths
