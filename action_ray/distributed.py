@@ -8,6 +8,8 @@ single-process run, a unit test, or a Ray worker before `prepare_model`).
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 import torch.distributed as dist
 
@@ -63,3 +65,29 @@ def _gather_leading_sizes(x: torch.Tensor) -> list[int]:
     parts = [torch.empty_like(mine) for _ in range(world_size())]
     dist.all_gather(parts, mine)
     return [int(p) for p in torch.cat(parts).tolist()]
+
+
+@torch.no_grad()
+def all_reduce_gradients_(parameters: Iterable[torch.Tensor]) -> None:
+    """Average ``.grad`` over all ranks in place: the gradient sync of DDP, without DDP.
+
+    `ActionModel` is a container of several networks whose trainable set changes per stage,
+    which DDP (one wrapped forward, parameters fixed at wrap time) does not fit. Call this
+    between ``backward()`` and ``optimizer.step()``. Gradients are flattened per (device, dtype)
+    so each group costs one all_reduce. Parameters whose grad is None are skipped, so every
+    rank must have gradients for the same parameters (true when they run the same stage step).
+    No-op without a process group.
+    """
+    n = world_size()
+    if n == 1:
+        return
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for p in parameters:
+        if p.grad is not None:
+            groups.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+    for grads in groups.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat)
+        flat.div_(n)
+        chunks = flat.split([g.numel() for g in grads])
+        torch._foreach_copy_(grads, [c.reshape(g.shape) for c, g in zip(chunks, grads)])

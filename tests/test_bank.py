@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from action_ray.bank import ClassPixelBank, MemoryBank
-from action_ray.distributed import concat_all_gather, is_distributed, world_size
+from action_ray.distributed import all_reduce_gradients_, concat_all_gather, is_distributed, world_size
 
 
 def _reference_ring(size: int, initial: list, batches: list[list]) -> tuple[list, int]:
@@ -125,6 +125,22 @@ def test_helpers_without_process_group():
     assert not is_distributed() and world_size() == 1
     x = torch.randn(3, 2)
     assert concat_all_gather(x) is x
+    p = torch.nn.Parameter(torch.zeros(2))
+    p.grad = torch.ones(2)
+    all_reduce_gradients_([p])
+    assert torch.equal(p.grad, torch.ones(2))
+
+
+def test_enqueue_has_no_data_dependent_host_sync():
+    # the meta device has no data: .item(), nonzero() or boolean masks fail there, so an enqueue
+    # that runs on meta computes its write positions without reading values back to the host
+    bank = MemoryBank(8, 4, gather_distributed=False).to("meta")
+    bank.enqueue(torch.empty(11, 4, device="meta"))
+    pixels = ClassPixelBank(3, 5, 4, gather_distributed=False).to("meta")
+    pixels.enqueue(torch.empty(10, 4, device="meta"), torch.empty(10, dtype=torch.long, device="meta"))
+    assert pixels.valid_mask().shape == (3, 5)
+    with pytest.raises((NotImplementedError, RuntimeError)):
+        torch.empty(3, device="meta").nonzero()
 
 
 # ---------------------------------------------------------------- two gloo processes
@@ -180,6 +196,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         except ValueError as e:
             error = str(e)
         torch.save(error, f"{out_dir}/error{rank}.pt")
+        # gradient averaging: rank r's grads are (r + 1) * base -> mean 1.5 * base on both ranks
+        params = [torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(4))]
+        for i, p in enumerate(params):
+            p.grad = (rank + 1) * torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape) + i
+        all_reduce_gradients_(params)
+        torch.save([p.grad for p in params], f"{out_dir}/grads{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -208,3 +230,7 @@ def test_two_gloo_ranks_hold_the_single_process_global_bank(tmp_path):
     assert reference["0.ptr"].item() == (STEPS * 2 * PER_RANK) % SIZE
     for rank in (0, 1):
         assert "same batch size on every rank, got [2, 3]" in torch.load(tmp_path / f"error{rank}.pt")
+        grads = torch.load(tmp_path / f"grads{rank}.pt")
+        for i, (g, shape) in enumerate(zip(grads, [(3, 2), (4,)])):
+            want = 1.5 * torch.arange(g.numel(), dtype=torch.float32).reshape(shape) + i
+            torch.testing.assert_close(g, want)

@@ -66,6 +66,9 @@ def test_presets_build_2d_and_3d(preset, dims):
 
 def test_unet3d_paper_interface():
     net = UNet3d(num_classes=2, widths=(4, 8, 16, 32, 64))
+    assert net.dims == 3 and UNet2d().dims == 2
+    with pytest.raises(ValueError, match="UNet3d is 3-D"):
+        UNet3d(dims=2)
     out = net(torch.randn(1, 1, 32, 32, 16))
     assert out.logits.shape == (1, 2, 32, 32, 16)
     assert out.bottleneck.shape == (1, 64, 2, 2, 1)

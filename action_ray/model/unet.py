@@ -130,15 +130,21 @@ class UNet(nn.Module):
     every skip connection lines up; other sizes raise a ValueError naming the shape.
     """
 
+    fixed_dims: int | None = None  # set by the 2-D / 3-D subclasses
+
     def __init__(
         self,
         in_channels: int = 1,
         num_classes: int = 4,
         widths: Sequence[int] = PAPER_WIDTHS,
         dropout: Sequence[float] = PAPER_DROPOUT,
-        dims: int = 2,
+        dims: int | None = None,
     ) -> None:
         super().__init__()
+        fixed = self.fixed_dims
+        if fixed is not None and dims not in (None, fixed):
+            raise ValueError(f"{type(self).__name__} is {fixed}-D, got dims={dims!r}")
+        dims = dims if dims is not None else (fixed or 2)
         _layers(dims)
         if len(widths) != len(dropout) or len(widths) < 2:
             raise ValueError(
@@ -197,16 +203,9 @@ class UNet(nn.Module):
 
 
 class UNet2d(UNet):
-    """The SSL4MIS 2-D UNet of the published ACDC/LiTS runs (method.md §3.1)."""
+    """The SSL4MIS 2-D UNet of the published ACDC/LiTS runs (method.md §3.1); `UNet` with dims=2."""
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 4,
-        widths: Sequence[int] = PAPER_WIDTHS,
-        dropout: Sequence[float] = PAPER_DROPOUT,
-    ) -> None:
-        super().__init__(in_channels, num_classes, widths, dropout, dims=2)
+    fixed_dims = 2
 
 
 class UNet3d(UNet):
@@ -223,14 +222,7 @@ class UNet3d(UNet):
     * the inputs must be divisible by 16 on every axis (112x112x80 is).
     """
 
-    def __init__(
-        self,
-        in_channels: int = 1,
-        num_classes: int = 2,
-        widths: Sequence[int] = PAPER_WIDTHS,
-        dropout: Sequence[float] = PAPER_DROPOUT,
-    ) -> None:
-        super().__init__(in_channels, num_classes, widths, dropout, dims=3)
+    fixed_dims = 3
 
 
 def freeze_decoder(unet: UNet) -> None:
