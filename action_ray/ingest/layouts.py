@@ -89,10 +89,11 @@ def _is_hidden(path: str) -> bool:
 def list_files(fs, root: str) -> list[str]:
     """All non-hidden files below ``root``, as paths relative to it ('/'-separated), sorted."""
     root = root.rstrip("/")
+    shown = fs.unstrip_protocol(root) if fs.protocol not in ("file", ("file", "local")) else root
     if not fs.exists(root):
-        raise ActionRayError(f"source {root!r} does not exist: check the path or bucket name")
+        raise ActionRayError(f"source {shown} does not exist: check the path or bucket name")
     if not fs.isdir(root):
-        raise ActionRayError(f"source {root!r} is a file; pass the folder that holds the collection")
+        raise ActionRayError(f"source {shown} is a file; pass the folder that holds the collection")
     relative = []
     for path in fs.find(root):
         rel = posixpath.relpath(str(path).replace("\\", "/"), root.replace("\\", "/"))
