@@ -91,3 +91,33 @@ def all_reduce_gradients_(parameters: Iterable[torch.Tensor]) -> None:
         flat.div_(n)
         chunks = flat.split([g.numel() for g in grads])
         torch._foreach_copy_(grads, [c.reshape(g.shape) for c, g in zip(chunks, grads)])
+
+
+@torch.no_grad()
+def shuffle_batch(x: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MoCo's "shuffle BN": give this rank a random slice of the *global* batch.
+
+    x: (B, ...) on each rank -> (x_shuffled (B, ...), unshuffle_index (world_size * B,)).
+    The teacher then computes BN batch statistics over samples from other ranks, so student and
+    teacher statistics cannot share a batch-level shortcut. The permutation is drawn on rank 0
+    (``generator`` may live on the CPU or on x's device) and broadcast, so ranks agree. With one
+    process it permutes the local batch (which, as in the published code, changes only the
+    dropout draws). Undo with `unshuffle_batch`. Same-B rule as `concat_all_gather`.
+    """
+    gathered = concat_all_gather(x)
+    total, batch = gathered.shape[0], x.shape[0]
+    perm_device = generator.device if generator is not None else x.device
+    perm = torch.randperm(total, generator=generator, device=perm_device).to(x.device)
+    if world_size() > 1:
+        dist.broadcast(perm, src=0)
+    mine = perm[rank() * batch : (rank() + 1) * batch]
+    return gathered[mine], torch.argsort(perm)
+
+
+@torch.no_grad()
+def unshuffle_batch(y: torch.Tensor, unshuffle_index: torch.Tensor) -> torch.Tensor:
+    """Inverse of `shuffle_batch`: y (B, ...) computed on the shuffled slice -> rows of the
+    original local batch, in their original order."""
+    gathered = concat_all_gather(y)
+    batch = y.shape[0]
+    return gathered[unshuffle_index[rank() * batch : (rank() + 1) * batch]]

@@ -10,7 +10,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from action_ray.bank import ClassPixelBank, MemoryBank
-from action_ray.distributed import all_reduce_gradients_, concat_all_gather, is_distributed, world_size
+from action_ray.distributed import (
+    all_reduce_gradients_,
+    concat_all_gather,
+    is_distributed,
+    shuffle_batch,
+    unshuffle_batch,
+    world_size,
+)
 
 
 def _reference_ring(size: int, initial: list, batches: list[list]) -> tuple[list, int]:
@@ -131,6 +138,14 @@ def test_helpers_without_process_group():
     assert torch.equal(p.grad, torch.ones(2))
 
 
+def test_shuffle_batch_single_process_round_trip():
+    x = torch.arange(12.0).reshape(6, 2)
+    shuffled, undo = shuffle_batch(x, torch.Generator().manual_seed(0))
+    assert not torch.equal(shuffled, x)
+    assert sorted(shuffled[:, 0].tolist()) == x[:, 0].tolist()
+    assert torch.equal(unshuffle_batch(shuffled * 3, undo), x * 3)
+
+
 def test_enqueue_has_no_data_dependent_host_sync():
     # the meta device has no data: .item(), nonzero() or boolean masks fail there, so an enqueue
     # that runs on meta computes its write positions without reading values back to the host
@@ -202,6 +217,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             p.grad = (rank + 1) * torch.arange(p.numel(), dtype=torch.float32).reshape(p.shape) + i
         all_reduce_gradients_(params)
         torch.save([p.grad for p in params], f"{out_dir}/grads{rank}.pt")
+        # shuffle BN: each rank gets a slice of the global batch; the unshuffle restores its rows
+        x = keys[0, mine]
+        shuffled, undo = shuffle_batch(x, torch.Generator().manual_seed(rank))  # rank 0's draw wins
+        torch.save((shuffled, unshuffle_batch(2 * shuffled, undo), x), f"{out_dir}/shuffle{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -230,6 +249,12 @@ def test_two_gloo_ranks_hold_the_single_process_global_bank(tmp_path):
     assert reference["0.ptr"].item() == (STEPS * 2 * PER_RANK) % SIZE
     for rank in (0, 1):
         assert "same batch size on every rank, got [2, 3]" in torch.load(tmp_path / f"error{rank}.pt")
+        shuffled, restored, original = torch.load(tmp_path / f"shuffle{rank}.pt")
+        torch.testing.assert_close(restored, 2 * original, rtol=0, atol=0)
+    slices = [torch.load(tmp_path / f"shuffle{r}.pt")[0] for r in (0, 1)]
+    both = torch.cat(slices)
+    assert sorted(map(tuple, both.tolist())) == sorted(map(tuple, keys[0].tolist()))
+    for rank in (0, 1):
         grads = torch.load(tmp_path / f"grads{rank}.pt")
         for i, (g, shape) in enumerate(zip(grads, [(3, 2), (4,)])):
             want = 1.5 * torch.arange(g.numel(), dtype=torch.float32).reshape(shape) + i
