@@ -69,13 +69,17 @@ def test_resuming_with_a_different_split_is_refused(tmp_path):
         ingest(tmp_path / "src", tmp_path / "s.zarr", "lits", seed=12345)
 
 
-def test_split_file_option_overrides_the_seed_rule(tmp_path):
-    write_lits(tmp_path / "src", 3)
+def test_split_file_option_and_patch_chunking(tmp_path):
     split_file = tmp_path / "split.yaml"
     split_file.write_text("train: [volume-0]\nval: [volume-1]\ntest: [volume-2]\n")
-    ingest(tmp_path / "src", tmp_path / "s.zarr", "lits", split_file=str(split_file))
+    written = write_lits(tmp_path / "src", 3)
+    ingest(tmp_path / "src", tmp_path / "s.zarr", "lits", split_file=str(split_file), chunking="patch")
     store = open_store(str(tmp_path / "s.zarr"))
     assert {i.case_id: i.split for i in store.list_cases()} == {"volume-0": "train", "volume-1": "val", "volume-2": "test"}
+    import zarr
+
+    assert zarr.open_array(str(tmp_path / "s.zarr/cases/volume-0/image"), mode="r").chunks == (5, 16, 20)
+    np.testing.assert_array_equal(store.read_volume("volume-2")[0], expected_arrays(written[2].image))
 
 
 def test_bad_cases_are_skipped_reported_and_the_rest_ingested(tmp_path, capsys):
