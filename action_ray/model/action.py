@@ -131,7 +131,7 @@ class ActionModel(nn.Module):
             self.representation_head,
         ]
 
-    def param_groups(self, stage: str) -> list[dict]:
+    def param_groups(self, stage: Stage) -> list[dict]:
         """Set ``requires_grad`` for ``stage`` and return its optimizer parameter groups.
 
         * ``"p1"``: student encoder (decoder frozen) + global q-head and predictor;
