@@ -56,3 +56,11 @@ def test_layout_split_conflict_within_a_patient_is_an_error():
              SourceCase("b", "P1", "b.nii", "b_l.nii", split="test")]
     with pytest.raises(ActionRayError, match="P1"):
         assign_splits(cases)
+
+
+def test_layout_given_split_is_kept_and_others_use_the_seed_rule():
+    cases = [SourceCase("a", "P0", "a.nii", "a_l.nii", split="val"), SourceCase("b", "P0", "b.nii", "b_l.nii", split="val")]
+    cases += [SourceCase(f"c{i}", f"Q{i}", "c.nii", "c_l.nii") for i in range(10)]
+    splits, _ = assign_splits(cases, seed=4)
+    assert splits["P0"] == "val"
+    assert {f"Q{i}": splits[f"Q{i}"] for i in range(10)} == seed_split([f"Q{i}" for i in range(10)], 4)

@@ -2,7 +2,8 @@
 
 Resumable: complete cases are skipped without being read, so re-running after an interruption
 finishes the job and re-running a finished job is a quick no-op. Bad cases are reported with the
-file and the reason and skipped; the run then exits with code 3.
+file and the reason and skipped; the run then exits with code 3. Run one ingest per store at a
+time: a run starts by deleting incomplete cases, which another live run may be writing.
 
 Examples:
   action-ray ingest ACDC/database ./acdc.zarr --layout acdc --workers 4
