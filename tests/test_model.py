@@ -307,3 +307,11 @@ def test_hand_offs_reset_heads_and_copy_student():
     assert not torch.equal(before, model.global_q.fc1.weight)
     assert torch.equal(model.global_k.fc1.weight, model.global_q.fc1.weight)
     assert isinstance(model, ActionModel)
+
+
+def test_encode_gives_the_forward_bottleneck_without_the_decoder():
+    net = build_unet("cpu", num_classes=4).eval()
+    x = torch.randn(2, 1, 32, 32)
+    maps = net.encode(x)
+    assert [m.shape[1] for m in maps] == [8, 16, 32, 64, 128]
+    torch.testing.assert_close(maps[-1], net(x).bottleneck, rtol=0, atol=0)
