@@ -34,7 +34,7 @@ def _batch(batch: int = 4, size: int = 64):
 
 @pytest.mark.parametrize("mix", ["cutmix", "classmix", "cutout", "none"])
 def test_strong_augment_runs_and_is_deterministic(mix):
-    images, labels, conf = _batch()
+    images, labels, conf = _batch(size=32)
     strong = StrongAugment(mix=mix, num_classes=4, geo_aug=True)
     a = strong(images, labels, conf, torch.Generator().manual_seed(11))
     b = strong(images, labels, conf, torch.Generator().manual_seed(11))
@@ -97,13 +97,20 @@ def test_every_op_is_fast_on_a_64x64_batch():
         "rotation": lambda: random_rotation(images, labels, conf, p=1.0, generator=generator),
         "strong": lambda: StrongAugment(geo_aug=True)(images, labels, conf, generator),
     }
-    for name, op in ops.items():
-        op()  # warm-up
-        start = time.perf_counter()
-        op()
-        elapsed = time.perf_counter() - start
-        # well under a second even on a loaded 2-core CI machine
-        assert elapsed < 0.5, f"{name} took {elapsed:.3f}s"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # measure the op, not thread contention on a shared CI machine
+    try:
+        for name, op in ops.items():
+            op()  # warm-up
+            timings = []
+            for _ in range(3):
+                start = time.perf_counter()
+                op()
+                timings.append(time.perf_counter() - start)
+            # one thread measures a few ms for the slowest (warp); 0.5 s leaves room for load
+            assert min(timings) < 0.5, f"{name} took {min(timings):.3f}s"
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_sources_have_no_host_syncs_or_data_dependent_shapes():

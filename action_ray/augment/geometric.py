@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from action_ray.augment.common import (
     check_maps,
+    field_dtype,
     select_per_sample,
     spatial_ndim,
     uniform,
@@ -135,11 +136,12 @@ def rotate(
     if ndim == 3:
         rows.append([zero, zero, torch.ones_like(cos), zero])
     theta = torch.stack([torch.stack(row, dim=-1) for row in rows], dim=1)  # (B, nd, nd + 1)
-    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(field_dtype(images)), list(images.shape), align_corners=False)
 
     def sample(x: torch.Tensor, mode: str) -> torch.Tensor:
-        return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="zeros",
-                             align_corners=False)
+        out = F.grid_sample(x.to(grid.dtype), grid, mode=mode, padding_mode="zeros",
+                            align_corners=False)
+        return out.to(x.dtype)
 
     out_labels = out_conf = None
     if labels is not None:

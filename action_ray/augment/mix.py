@@ -93,7 +93,7 @@ def _mix_with_next(
     labels: torch.Tensor,
     conf: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """x̃_i = keep ⊙ x_i + (1 − keep) ⊙ x_{(i+1) mod B}, for images, labels and conf alike."""
+    """x̃_i = keep ⊙ x_i + (1 − keep) ⊙ x_{(i+1) mod B}, for images, labels and conf."""
 
     def take(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return torch.where(mask, x, torch.roll(x, shifts=-1, dims=0))

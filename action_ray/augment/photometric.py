@@ -51,7 +51,8 @@ def adjust_brightness_contrast(
     def contr(x: torch.Tensor) -> torch.Tensor:
         return _clamp(c * x + (1 - c) * x.mean(dim=reduce_dims, keepdim=True), clamp)
 
-    return torch.where(per_sample(contrast_first, ndim), bright(contr(images)), contr(bright(images)))
+    first = per_sample(contrast_first, ndim)
+    return torch.where(first, bright(contr(images)), contr(bright(images)))
 
 
 def brightness_contrast(

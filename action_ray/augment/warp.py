@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from action_ray.augment.common import (
     check_maps,
+    field_dtype,
     per_sample,
     select_per_sample,
     spatial_ndim,
@@ -83,8 +84,9 @@ def random_displacement(
     shape = (batch, ndim, *([grid] * ndim))
     if draws is None:
         draws = uniform((batch, ndim * grid**ndim), images, generator)
-    velocity = (draws.reshape(shape) * 2 - 1).to(images.dtype)
-    norm = velocity.flatten(1).norm(dim=1).clamp_min(torch.finfo(images.dtype).tiny)
+    dtype = field_dtype(images)
+    velocity = (draws.reshape(shape) * 2 - 1).to(dtype)
+    norm = velocity.flatten(1).norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
     velocity = _smooth(velocity * per_sample(epsilon / norm, velocity.dim()))
     velocity = F.interpolate(velocity, size=tuple(images.shape[2:]),
                              mode="bilinear" if ndim == 2 else "trilinear", align_corners=True)
@@ -106,13 +108,14 @@ def warp_with_displacement(
     check_maps(images, labels, "labels")
     check_maps(images, conf, "conf")
     coords = (identity_grid(tuple(images.shape[2:]), displacement) + displacement).clamp(-1, 1)
-    out_images = _sample(images, coords.to(images.dtype), "bilinear")
+    coords = coords.to(field_dtype(images))
+    out_images = _sample(images.to(coords.dtype), coords, "bilinear").to(images.dtype)
     out_labels = out_conf = None
     if labels is not None:
         picked = _sample(labels[:, None].to(coords.dtype), coords, "nearest")[:, 0]
         out_labels = picked.round().to(labels.dtype)
     if conf is not None:
-        out_conf = _sample(conf[:, None], coords.to(conf.dtype), "nearest")[:, 0]
+        out_conf = _sample(conf[:, None].to(coords.dtype), coords, "nearest")[:, 0].to(conf.dtype)
     return out_images, out_labels, out_conf
 
 
