@@ -14,6 +14,7 @@ import zarr
 
 from action_ray.errors import CaseError, StoreError
 from action_ray.store import CaseInfo, CaseMeta, VolumeStore, create_store, open_store
+from action_ray.store.catalog import Catalog
 
 CLASSES = {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
 
@@ -104,13 +105,9 @@ def test_unlabelled_cases_and_list_filters(store):
 
 
 def _break_marker(store, case_id):
-    """Make a complete case look like a killed writer's leftover: marker false, a chunk gone."""
-    root = store.url
-    doc_path = f"{root}/cases/{case_id}/zarr.json"
-    doc = json.load(open(doc_path))
-    doc["attributes"]["action_ray"]["complete"] = False
-    json.dump(doc, open(doc_path, "w"))
-    chunks = sorted(pathlib.Path(root, "cases", case_id, "image", "c").rglob("*"))
+    """Make a complete case look like a killed writer's leftover: no marker, a chunk gone."""
+    os.remove(f"{store.url}/complete/{case_id}.json")
+    chunks = sorted(pathlib.Path(store.url, "cases", case_id, "image", "c").rglob("*"))
     next(p for p in chunks if p.is_file()).unlink()
 
 
@@ -149,10 +146,21 @@ def test_writer_killed_before_marker_leaves_invisible_case(store, monkeypatch):
     # arrays are all there; only the marker is missing
     assert np.array_equal(zarr.open_array(store.url, path="cases/k1/image", mode="r")[:], image)
 
+    # killed after the group flag flipped but before the marker: still invisible
+    monkeypatch.setattr(Catalog, "put_marker", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.write_case(meta("k3"), image, label)
+    monkeypatch.undo()
+    doc = json.load(open(f"{store.url}/cases/k3/zarr.json"))
+    assert doc["attributes"]["action_ray"]["complete"] is True
+    assert store.list_cases() == [] and not store.is_complete("k3")
+    with pytest.raises(StoreError, match="incomplete"):
+        open_store(store.url).case("k3")
+
     # a directory without even a group document is a leftover too
     (pathlib.Path(store.url) / "cases" / "k2" / "image").mkdir(parents=True)
-    assert store.incomplete_cases() == ["k1", "k2"]
-    assert store.remove_incomplete() == ["k1", "k2"]
+    assert store.incomplete_cases() == ["k1", "k2", "k3"]
+    assert store.remove_incomplete() == ["k1", "k2", "k3"]
     assert store.incomplete_cases() == [] and store.list_cases() == []
 
 

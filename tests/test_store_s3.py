@@ -112,3 +112,30 @@ def test_userinfo_in_url_is_redacted(s3_server):
     with pytest.raises(StoreError) as err:
         open_store("s3://AKIA-IN-URL:SECRET-IN-URL@nobucket/x.zarr", s3_server.storage_options)
     assert "SECRET-IN-URL" not in str(err.value)
+
+
+def test_s3_index_is_used_only_while_it_matches_the_markers(s3_server, monkeypatch):
+    url = f"s3://{s3_server.new_bucket()}/indexed.zarr"
+    store = create_store(url, name="x", modality="CT", layout="lits", classes=CLASSES,
+                         storage_options=s3_server.storage_options)
+    image, label = volume((2, 8, 8), seed=3)
+    for case_id in ("c1", "c2", "c3"):
+        store.write_case(meta(case_id), image, label)
+    assert store.finalize() == 3
+
+    reader = open_store(url, s3_server.storage_options)
+    marker_reads = []
+    real_cat = reader._fs.cat
+    monkeypatch.setattr(reader._fs, "cat",
+                        lambda paths, **kw: (marker_reads.extend(paths), real_cat(paths, **kw))[1])
+    assert [c.case_id for c in reader.list_cases()] == ["c1", "c2", "c3"]
+    assert marker_reads == []  # one LIST + the index, no per-case reads
+
+    writer = open_store(url, s3_server.storage_options)
+    writer.write_case(meta("c1", split="test"), image, None, overwrite=True)  # index now stale for c1
+    writer._catalog.drop_marker("c2")  # c2 is being rewritten by someone: must disappear at once
+    writer.write_case(meta("c4"), image, label)  # not in the index yet
+    infos = {c.case_id: c for c in reader.list_cases()}
+    assert sorted(infos) == ["c1", "c3", "c4"]
+    assert infos["c1"].split == "test" and not infos["c1"].has_label
+    assert sorted(p.rsplit("/", 1)[-1] for p in marker_reads) == ["c1.json", "c4.json"]

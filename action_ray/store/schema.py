@@ -6,15 +6,17 @@ in one module so that the on-disk names and the JSON fields have exactly one def
     <store>/zarr.json                      root group, attrs["action_ray"] = dataset metadata
     <store>/cases/zarr.json                plain group holding one child group per case
     <store>/cases/<id>/zarr.json           case group: attrs["action_ray"] (per-case metadata,
-                                           including the completion marker) and attrs["ome"]
+                                           ``complete`` flag) and attrs["ome"] (OME-NGFF 0.5)
     <store>/cases/<id>/image               float32 (Z, Y, X)
     <store>/cases/<id>/labels/zarr.json    OME-NGFF "labels" group (only for labelled cases)
     <store>/cases/<id>/labels/label/0      uint8 (Z, Y, X): THE label array (no second copy)
+    <store>/complete/<id>.json             completion marker: the case metadata, written last
+    <store>/index.json                     optional listing cache (see catalog.py)
 
-The completion marker is ``attrs["action_ray"]["complete"] is True`` in the case group's
-``zarr.json``. That document is written twice: first with ``complete: false`` before any array
-exists, and last, after every chunk, with ``complete: true``. A single-object PUT on S3 and an
-atomic rename on local disks make the flip all-or-nothing.
+A case is complete exactly when its marker ``complete/<id>.json`` exists. Writing goes: drop
+the marker, remove any leftover, write the case group with ``complete: false``, the arrays,
+flip the group's ``complete`` to true (for people browsing the Zarr tree), and last PUT the
+marker (atomic: one S3 object, or a rename on local disks).
 """
 
 from __future__ import annotations
@@ -143,11 +145,6 @@ def case_attrs(meta: CaseMeta, shape: tuple[int, int, int], stats: dict,
         "extra": dict(meta.extra),
         "complete": bool(complete),
     }
-
-
-def is_complete_attrs(attrs: dict | None) -> bool:
-    """True if a case group's attributes carry the completion marker."""
-    return bool(attrs) and isinstance(attrs.get(ATTRS_KEY), dict) and attrs[ATTRS_KEY].get("complete") is True
 
 
 def info_from_attrs(attrs: dict) -> CaseInfo:

@@ -22,13 +22,14 @@ import numpy as np
 from action_ray import __version__
 from action_ray.errors import CaseError, StoreError
 from action_ray.store import ome
+from action_ray.store.catalog import Catalog
 from action_ray.store.codecs import (
     IMAGE_CODEC_NAME, LABEL_CODEC_NAME, chunk_shape, image_compressors, label_compressors,
 )
 from action_ray.store.schema import (
     ATTRS_KEY, AXES, CASES_GROUP, FORMAT_VERSION, IMAGE_ARRAY, LABEL_ARRAY, LABEL_IMAGE_NAME,
     LABELS_GROUP, CaseInfo, CaseMeta, case_attrs, case_key, check_case_id, classes_from_attrs,
-    dataset_attrs, info_from_attrs, intensity_stats, is_complete_attrs, label_voxel_counts,
+    dataset_attrs, info_from_attrs, intensity_stats, label_voxel_counts,
     validate_meta,
 )
 from action_ray.urls import SECRET_OPTION_NAMES, filesystem_for, is_remote, redact, storage_options_from_env
@@ -73,6 +74,7 @@ class VolumeStore:
             self._zstore = zarr.storage.FsspecStore.from_url(self.url, storage_options=options)
         else:
             self._zstore = zarr.storage.LocalStore(self._root)
+        self._catalog = Catalog(self._fs, self._root, not is_remote(self.url), self._error)
         self._infos: dict[str, CaseInfo] = {}
         self._arrays: dict[tuple[str, str], Any] = {}
 
@@ -163,7 +165,7 @@ class VolumeStore:
         validate_meta(meta)
         image, label = self._checked_arrays(meta, image, label)
         chunks = chunk_shape(image.shape, chunking)
-        if self.is_complete(meta.case_id) and not overwrite:
+        if not overwrite and self.is_complete(meta.case_id):
             raise self._error(f"case {meta.case_id!r} is already complete",
                               "pass overwrite=True (ingest --overwrite) to replace it")
         stats = intensity_stats(image)
@@ -171,6 +173,7 @@ class VolumeStore:
         key = case_key(meta.case_id)
         self._forget(meta.case_id)
         try:
+            self._catalog.drop_marker(meta.case_id)  # invisible from here on
             self._remove_key(key)
             pending = case_attrs(meta, image.shape, stats, counts, complete=False)
             spacing = tuple(float(s) for s in meta.spacing)
@@ -184,7 +187,9 @@ class VolumeStore:
                     "ome": ome.label_image_attrs(meta.case_id, spacing, self.classes)})
                 label_image.create_array("0", data=label, chunks=chunks, compressors=label_compressors(),
                                          dimension_names=AXES, fill_value=0)
-            group.update_attributes({ATTRS_KEY: {**pending, "complete": True}})  # the marker, last
+            done = {**pending, "complete": True}
+            group.update_attributes({ATTRS_KEY: done})
+            self._catalog.put_marker(meta.case_id, done)  # the completion marker, last
         except StoreError:
             raise
         except Exception as exc:
@@ -235,52 +240,11 @@ class VolumeStore:
             self._arrays.pop((case_id, kind), None)
 
     # ------------------------------------------------------------------------------ listing
-    def _case_ids_on_storage(self) -> list[str]:
-        """Every case id with anything under ``cases/`` (complete or not): one listing."""
-        path = self._path(CASES_GROUP)
-        try:
-            self._fs.invalidate_cache(path)
-            entries = self._fs.ls(path, detail=False)
-        except FileNotFoundError:
-            return []
-        except Exception as exc:
-            raise self._error("cannot list cases/", "check the endpoint/bucket is reachable", exc) from None
-        names = {entry.rstrip("/").rsplit("/", 1)[-1] for entry in entries}
-        names.discard(_ZARR_JSON)
-        return sorted(n for n in names if n not in (".", ".."))
-
-    def _case_documents(self) -> dict[str, dict | None]:
-        """case id -> case group attributes (None if its zarr.json is missing), read concurrently."""
-        ids = self._case_ids_on_storage()
-        paths = {self._path(f"{case_key(i)}/{_ZARR_JSON}"): i for i in ids}
-        if not paths:
-            return {}
-        try:
-            raw = self._fs.cat(list(paths), on_error="return")
-        except Exception as exc:
-            raise self._error("cannot read case metadata", "check the endpoint/bucket is reachable", exc) from None
-        docs: dict[str, dict | None] = {}
-        for path, case_id in paths.items():
-            value = raw.get(path, FileNotFoundError(path))
-            if isinstance(value, FileNotFoundError):
-                docs[case_id] = None
-            elif isinstance(value, BaseException):
-                raise self._error(f"cannot read metadata of case {case_id!r}",
-                                  "check the endpoint/bucket is reachable", value)
-            else:
-                try:
-                    docs[case_id] = json.loads(value).get("attributes") or {}
-                except ValueError:
-                    docs[case_id] = None  # a torn write on a non-atomic filesystem: incomplete
-        return docs
-
     def list_cases(self, split: str | None = None, has_label: bool | None = None) -> list[CaseInfo]:
         """Complete cases sorted by id, optionally only one split and/or only (un)labelled ones."""
         infos = []
-        for case_id, attrs in self._case_documents().items():
-            if not is_complete_attrs(attrs):
-                continue
-            info = info_from_attrs(attrs)
+        for case_id, (doc, _) in self._catalog.complete_docs().items():
+            info = info_from_attrs({ATTRS_KEY: doc})
             self._infos.setdefault(case_id, info)
             if split is not None and info.split != split:
                 continue
@@ -289,9 +253,23 @@ class VolumeStore:
             infos.append(info)
         return infos
 
+    def finalize(self) -> int:
+        """Refresh ``index.json`` so the next ``list_cases`` on S3 costs two requests.
+
+        Call it at the end of an ingest. Optional for correctness: without it (or with a stale
+        one) listing just reads the markers it cannot validate. Returns the number indexed.
+        """
+        try:
+            return self._catalog.finalize()
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise self._error("cannot write index.json", "check the storage is writable", exc) from None
+
     def incomplete_cases(self) -> list[str]:
         """Ids with data under ``cases/`` but no completion marker (killed or running writers)."""
-        return [i for i, attrs in self._case_documents().items() if not is_complete_attrs(attrs)]
+        complete = set(self._catalog.listed_markers())
+        return [i for i in self._catalog.case_dirs() if i not in complete]
 
     def remove_incomplete(self) -> list[str]:
         """Delete leftovers of killed writes and return their ids.
@@ -306,22 +284,20 @@ class VolumeStore:
         return removed
 
     def is_complete(self, case_id: str) -> bool:
-        attrs = self._read_json(f"{case_key(case_id)}/{_ZARR_JSON}")
-        return is_complete_attrs((attrs or {}).get("attributes"))
+        return self._catalog.read_marker(case_id) is not None
 
     def case(self, case_id: str) -> CaseInfo:
         """Metadata of one complete case; :class:`StoreError` if it is absent or incomplete."""
         check_case_id(case_id)
         info = self._infos.get(case_id)
         if info is None:
-            doc = self._read_json(f"{case_key(case_id)}/{_ZARR_JSON}")
-            attrs = (doc or {}).get("attributes")
+            doc = self._catalog.read_marker(case_id)
             if doc is None:
+                if self._read_json(f"{case_key(case_id)}/{_ZARR_JSON}") is not None:
+                    raise self._error(f"case {case_id!r} is incomplete (its write was interrupted or is running)",
+                                      "re-run ingest to rewrite it, or wait for the running ingest")
                 raise self._error(f"no case {case_id!r}", "list the cases with `action-ray info STORE`")
-            if not is_complete_attrs(attrs):
-                raise self._error(f"case {case_id!r} is incomplete (its write was interrupted or is running)",
-                                  "re-run ingest to rewrite it, or wait for the running ingest")
-            info = self._infos[case_id] = info_from_attrs(attrs)
+            info = self._infos[case_id] = info_from_attrs({ATTRS_KEY: doc})
         return info
 
     def spacing(self, case_id: str) -> tuple[float, float, float]:
