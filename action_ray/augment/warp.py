@@ -76,6 +76,11 @@ def random_displacement(
     smoothed (σ = 1 cell), upsampled (bi/trilinear) to S, integrated (``steps`` squarings),
     smoothed again (σ = 1 pixel). ``draws`` ((B, nd·grid^nd) U[0,1) numbers) lets a caller
     that already drew its random numbers in one call pass them in.
+
+    Scale: the unit norm is spread over nd·grid^nd numbers, so the motion ε buys depends on
+    grid and nd. Measured at grid 32 in 2-D, ε = 1.5 moves the pixels of a 256² image by about
+    0.9 px on average and up to about 5 px ("a few pixels", §6.3.3). In 3-D the same ε gives
+    much less motion; raise ε if you warp volumes (the published 3-D recipe does not warp).
     """
     ndim = spatial_ndim(images)
     if grid < 2:
