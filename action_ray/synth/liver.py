@@ -70,9 +70,9 @@ class _Grid:
         )
 
 
-def _paint_ellipsoid(hu: np.ndarray, grid: _Grid, centre, semi, value: float, margin: float = 0.0) -> np.ndarray | None:
+def _paint_ellipsoid(hu: np.ndarray, grid: _Grid, centre, semi, value: float) -> np.ndarray | None:
     """Set ``hu`` to ``value`` inside an axis-aligned ellipsoid; returns its mask in its box."""
-    box = grid.box(centre, tuple(s + margin for s in semi))
+    box = grid.box(centre, semi)
     if any(b.stop <= b.start for b in box):
         return None
     z, y, x = grid.coords(box, centre)
@@ -241,7 +241,8 @@ def _render(s: _Subject, grid: _Grid, rng: np.random.Generator) -> tuple[np.ndar
             continue
         iz, iy, ix = np.unravel_index(deep[int(pick * deep.size)], liver.shape)
         c = (float(z[iz, 0, 0]), float(y[0, iy, 0]), float(x[0, 0, ix]))
-        tb = grid.box(tuple(a + b for a, b in zip(c, (0, 0, 0))), tuple(a + 6.0 for a in axes_mm))
+        # The lesion's box (margin included), in liver-box indices.
+        tb = grid.box(c, tuple(a + 6.0 for a in axes_mm))
         tb = tuple(slice(max(t.start - l.start, 0), max(t.stop - l.start, 0)) for t, l in zip(tb, lbox))
         tz, ty, tx = z[tb[0]], y[:, tb[1]], x[:, :, tb[2]]
         dist = ellipsoid_distance(tz - f32(c[0]), ty - f32(c[1]), tx - f32(c[2]), axes_mm)
