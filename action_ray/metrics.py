@@ -12,8 +12,9 @@ medpy 0.5 exactly (see ``docs/metrics.md`` and ``tests/test_metrics_reference.py
   distance (scaled by ``spacing``) to the nearest surface voxel of B;
 * **HD95** is the 95th percentile (linear interpolation) of the *union* of both directed sets;
 * **ASD** is the mean of the directed distances from the prediction to the ground truth. It is
-  asymmetric, like medpy's ``asd``; **ASSD** (the symmetric one, medpy's ``assd``) is the mean of
-  the two directed means.
+  asymmetric, like medpy's ``asd``; **ASSD** (the symmetric one, medpy 0.5's ``assd``) is the mean
+  of the union of both directed sets, so the larger surface weighs more (medpy 0.4 and some
+  papers average the two directed means instead).
 
 ``spacing`` is always in the order of the array axes; for a store volume that is (sz, sy, sx) in
 mm, as in :class:`action_ray.store.schema.CaseMeta`. Surfaces and distances are computed with
@@ -120,21 +121,21 @@ def _check_empty(empty: str) -> None:
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     """Dice coefficient 2|P∩G| / (|P|+|G|) of two binary masks of equal shape (any ndim).
 
-    Both masks empty gives 0.0 (medpy's ``dc``); :func:`binary_metrics` applies the chosen
-    empty-mask convention on top.
+    Both masks empty gives 1.0 (nothing to find, nothing found; medpy 0.5's ``dc``);
+    :func:`binary_metrics` applies the chosen empty-mask convention on top.
     """
     p, g = _as_binary(pred, "pred"), _as_binary(gt, "gt")
     _check_pair(p, g, "dice")
     total = int(p.sum()) + int(g.sum())
-    return 2.0 * int(np.logical_and(p, g).sum()) / total if total else 0.0
+    return 2.0 * int(np.logical_and(p, g).sum()) / total if total else 1.0
 
 
 def jaccard(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Jaccard index |P∩G| / |P∪G| of two binary masks of equal shape; 0.0 when both are empty."""
+    """Jaccard index |P∩G| / |P∪G| of two binary masks of equal shape; 1.0 when both are empty (medpy 0.5's ``jc``)."""
     p, g = _as_binary(pred, "pred"), _as_binary(gt, "gt")
     _check_pair(p, g, "jaccard")
     union = int(np.logical_or(p, g).sum())
-    return int(np.logical_and(p, g).sum()) / union if union else 0.0
+    return int(np.logical_and(p, g).sum()) / union if union else 1.0
 
 
 # --------------------------------------------------------------------------- distances
@@ -189,11 +190,12 @@ def surface_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float] | N
 
 
 def _distance_summary(pred_to_gt: np.ndarray, gt_to_pred: np.ndarray) -> dict[str, float]:
-    """HD95 (union of both directed sets), ASD (pred -> gt) and ASSD from directed distances."""
+    """HD95 and ASSD (over the union of both directed sets) and ASD (pred -> gt only)."""
+    both = np.concatenate([pred_to_gt, gt_to_pred])
     return {
-        "hd95": float(np.percentile(np.concatenate([pred_to_gt, gt_to_pred]), 95)),
+        "hd95": float(np.percentile(both, 95)),
         "asd": float(pred_to_gt.mean()),
-        "assd": float((pred_to_gt.mean() + gt_to_pred.mean()) / 2.0),
+        "assd": float(both.mean()),
     }
 
 
@@ -226,8 +228,13 @@ def asd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None
 
 
 def assd(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float] | None = None) -> float:
-    """Average symmetric surface distance: mean of asd(pred, gt) and asd(gt, pred) (medpy's ``assd``)."""
-    return (asd(pred, gt, spacing) + asd(gt, pred, spacing)) / 2.0
+    """Average symmetric surface distance, medpy 0.5's ``assd``, in the units of ``spacing``.
+
+    The mean of the union of the pred->gt and gt->pred surface distances (each surface voxel of
+    either mask counts once), not the mean of the two directed means. Raises ``ValueError`` if
+    either mask is empty.
+    """
+    return _distance_summary(surface_distances(pred, gt, spacing), surface_distances(gt, pred, spacing))["assd"]
 
 
 # --------------------------------------------------------------------------- conventions
@@ -265,7 +272,7 @@ def binary_metrics(
           (whatever gt) -> (0, 0, 0, 0).
 
     Returns ``{"dice", "jaccard", "hd95", "asd", "assd"}`` as floats; ``asd`` is directed
-    (pred -> gt), ``assd`` symmetric.
+    (pred -> gt), ``assd`` symmetric (mean over both surfaces' distances).
     """
     p, g = _as_binary(pred, "pred"), _as_binary(gt, "gt")
     _check_pair(p, g, "binary_metrics")
