@@ -277,3 +277,16 @@ def test_bad_inputs_raise_with_names():
         anatomical_contrast_loss(rep, onehot, valid, probs,
                                  negative_keys=ClassKeyBank(torch.zeros(4, 3, 2),
                                                             torch.zeros(4, dtype=torch.long)))
+
+
+def test_bfloat16_representations_compute_in_float32():
+    rep, onehot, valid, probs = make_batch(seed=11, dtype=torch.float32)
+    low = rep.to(torch.bfloat16).requires_grad_()
+    loss = anatomical_contrast_loss(low, onehot, valid, probs, num_queries=8, num_negatives=16,
+                                    generator=torch.Generator().manual_seed(1))
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert low.grad.dtype == torch.bfloat16 and torch.isfinite(low.grad.float()).all()
+    exact = anatomical_contrast_loss(low.detach().float(), onehot, valid, probs, num_queries=8,
+                                     num_negatives=16, generator=torch.Generator().manual_seed(1))
+    assert loss.item() == pytest.approx(exact.item(), rel=1e-5)

@@ -189,9 +189,13 @@ def _negative_logits(
     temperature: float,
 ) -> torch.Tensor:
     """cos(q_r, key_{r,n}) / τ for (R, D) unit queries and (R, NEG) key rows -> (R, NEG)."""
-    keys = key_table[negative_index].to(queries.dtype)  # (R, NEG, D)
+    rows, num_negatives = negative_index.shape
+    flat_index = negative_index.reshape(-1)
+    keys = key_table.index_select(0, flat_index).to(queries.dtype)  # (R·NEG, D)
+    keys = keys.reshape(rows, num_negatives, -1)
     dots = torch.bmm(keys, queries.unsqueeze(-1)).squeeze(-1)  # (R, NEG)
-    return dots * key_inverse_norms[negative_index] / temperature
+    inverse_norms = key_inverse_norms.index_select(0, flat_index).reshape(rows, num_negatives)
+    return dots * inverse_norms / temperature
 
 
 def _chunked_negative_logits(

@@ -1,8 +1,8 @@
 """Batched, host-sync-free random draws used by the anatomical contrast.
 
 The published anatomical contrast samples with Python loops, ``.cpu()`` round trips and NumPy;
-these helpers draw every class's samples at once on the tensors' device by inverse-CDF lookup
-(``cumsum`` + ``searchsorted``). Uniform draws are made in float64 so that masks with millions
+these helpers draw every class's samples at once on the tensors' device (inverse-CDF lookup
+for categorical draws, a compacted member list for uniform draws over masks). Uniform draws are made in float64 so that masks with millions
 of pixels are sampled uniformly (a float32 uniform has only 24 bits), and nothing here has the
 2^24-category limit of ``torch.multinomial`` on CUDA.
 """
@@ -35,9 +35,10 @@ def uniform_from_masks(
 ) -> torch.Tensor:
     """For each entry r of ``rows``, a column drawn uniformly from the True columns of masks[r].
 
-    Draws are independent and with replacement. The u-th True element of row r is found as
-    the first position of the flattened running count that reaches (True elements before row
-    r) + u + 1. Rows without any True column give an arbitrary in-range column: callers must
+    Draws are independent and with replacement. The True columns of all rows are first
+    compacted, row after row, into one list (a scatter to their running-count positions,
+    O(R·X)); a draw is then one gather at (True columns before row r) + u, u uniform in
+    [0, count_r). Rows without any True column give an arbitrary in-range column: callers must
     discard those draws (they know which rows are empty).
 
     Args:
@@ -47,13 +48,16 @@ def uniform_from_masks(
         (...) long column indices in [0, X).
     """
     num_rows, num_columns = masks.shape
+    flat_mask = masks.reshape(-1)
     counts = masks.sum(dim=1)  # (R,)
-    running = masks.reshape(-1).cumsum(dim=0)  # (R·X,)
     before_row = counts.cumsum(dim=0) - counts  # (R,)
+    slots = flat_mask.cumsum(dim=0) - 1  # compact position of every True entry
+    spare = num_rows * num_columns  # one extra slot absorbs all False entries
+    columns = torch.arange(spare, device=masks.device) % num_columns
+    compact = torch.zeros(spare + 1, dtype=torch.long, device=masks.device)
+    compact.scatter_(0, torch.where(flat_mask, slots, spare), columns)
     offsets = uniform_below(counts[rows], generator)
-    flat = torch.searchsorted(running, before_row[rows] + offsets + 1)
-    flat = flat.clamp(max=num_rows * num_columns - 1)
-    return (flat - rows * num_columns).clamp(0, num_columns - 1)
+    return compact[(before_row[rows] + offsets).clamp(max=spare - 1)]
 
 
 def categorical(
