@@ -142,17 +142,15 @@ def jaccard(pred: np.ndarray, gt: np.ndarray) -> float:
 
 
 def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Crop both masks to the bounding box of their union, grown by one voxel where possible.
+    """Crop both masks to the bounding box of their union.
 
-    Exact for surfaces and distances: every mask voxel keeps all its connectivity-1 neighbours
-    (or the array border, which erosion treats as background in both cases), and the nearest
-    surface voxel of the other mask always lies inside the box. It makes a small lesion in a
-    512x512x400 CT cost what the lesion's box costs.
+    Exact for surfaces and distances: a mask voxel on a face of the box has its outward
+    neighbour outside the union, so it is surface with or without the crop (erosion treats the
+    outside of the array as background), and the nearest surface voxel of the other mask always
+    lies inside the box. It makes a small lesion in a 512x512x400 CT cost what its box costs.
     """
     coords = np.nonzero(a | b)
-    box = tuple(
-        slice(max(int(c.min()) - 1, 0), min(int(c.max()) + 2, size)) for c, size in zip(coords, a.shape)
-    )
+    box = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
     return a[box], b[box]
 
 
