@@ -209,3 +209,23 @@ def test_bad_shapes_and_temperatures_raise():
     with pytest.raises(ValueError, match="layout"):
         local_distillation_loss(torch.randn(3, 2, 4), torch.randn(3, 2, 4),
                                 torch.randn(5, 3, 4), layout="other")
+
+
+def test_bank_may_be_enqueued_in_place_between_forward_and_backward():
+    """§5.2 computes the logits, *then* enqueues the teacher keys, then steps: the in-place
+    bank write must neither raise nor change the gradient."""
+    student = _rand(6, 8, seed=18).requires_grad_()
+    patches = _rand(3, 6, 8, seed=19).requires_grad_()
+    teacher, teacher_patches = _rand(6, 8, seed=20), _rand(3, 6, 8, seed=21)
+    grads = []
+    for enqueue in (False, True):
+        bank, local_bank = _rand(36, 8, seed=22), _rand(36, 3, 8, seed=23)
+        loss = global_distillation_loss(student, teacher, bank) + local_distillation_loss(
+            patches, teacher_patches, local_bank)
+        if enqueue:
+            bank[:6] = teacher
+            local_bank[:6] = local_bank_entries(teacher_patches)
+        student.grad, patches.grad = None, None
+        loss.backward()
+        grads.append((student.grad.clone(), patches.grad.clone()))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])

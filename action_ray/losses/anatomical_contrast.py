@@ -300,7 +300,10 @@ def anatomical_contrast_loss(
         num_negatives: NEG per query.
         generator: torch.Generator on ``rep``'s device, for reproducible draws.
         negative_keys: draw negatives from this class-wise key bank instead of the batch
-            (``anco_negatives=bank``); prototypes and π still come from the batch.
+            (``anco_negatives=bank``); prototypes and π still come from the batch. Update the
+            bank only after ``backward()``: when the negatives are chunked, backward re-reads
+            the bank (an earlier in-place update raises PyTorch's in-place modification
+            error rather than giving a wrong gradient).
         return_samples: also return the :class:`ContrastSamples` (tests, diagnostics).
         max_key_elements: most negative-key values gathered at once (memory bound).
     Returns:
