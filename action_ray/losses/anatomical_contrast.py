@@ -43,7 +43,8 @@ class ClassKeyBank(NamedTuple):
     """A class-wise bank of pixel keys to draw anatomical-contrast negatives from.
 
     ``keys[c, :counts[c]]`` are the filled entries of class c (a ring buffer fills its rows in
-    order and stays full once it has wrapped).
+    order and stays full once it has wrapped), e.g.
+    ``ClassKeyBank(pixel_bank.keys, pixel_bank.filled)`` for an ``action_ray.bank.ClassPixelBank``.
 
     Attributes:
         keys: (C, Kc, D) pixel representations (read as constants).
