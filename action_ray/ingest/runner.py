@@ -229,6 +229,9 @@ def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> In
                 results += dask.compute(*delayed, **compute_kwargs)
         else:
             results += dask.compute(*delayed, **compute_kwargs)
+        # One index object so the next listing (training, info) on S3 costs two requests
+        # instead of one per case; a stale index is only slower, never wrong (store docs).
+        store.finalize()
     return IngestReport(results, notes, time.perf_counter() - started)
 
 
