@@ -11,7 +11,7 @@ from action_ray.data.splits import label_split
 from action_ray.data.source import VolumeSliceDatasource
 from action_ray.data.streams import StreamSettings, build_eval_stream, build_streams, dataset_from_source
 from action_ray.errors import ConfigError
-from tests.test_data_source import SHAPES, make_store
+from test_data_source import SHAPES, make_store  # tests/ is on sys.path (pytest rootdir conftest)
 
 OBJECT_STORE_BYTES = 256 * 2**20
 

@@ -38,7 +38,7 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from action_ray.data.normalize import NormalizationSpec, normalize_array, resolve_spec
-from action_ray.data.resize import resize_slices
+from action_ray.data.resize import IMAGE_MODES, resize_slices
 from action_ray.errors import ConfigError
 
 #: Label value of rows whose case has no label, in a datasource that has a label column.
@@ -164,6 +164,8 @@ class VolumeSliceDatasource(Datasource):
         self.with_label = bool(with_label)
         self.rows_per_task = rows_per_task
         self.target_task_bytes = int(target_task_bytes)
+        if image_interpolation not in IMAGE_MODES:
+            raise ConfigError(f"image_interpolation={image_interpolation!r} is not one of {IMAGE_MODES}")
         self.image_interpolation = image_interpolation
         if mode == "patch":
             if patch_size is None or len(patch_size) != 3:
@@ -178,7 +180,10 @@ class VolumeSliceDatasource(Datasource):
             self.patch_size = self.patch_stride = None
             self.output_size = None if output_size is None else (int(output_size[0]), int(output_size[1]))
 
-        store = open_store_cached(self.store_url, self.storage_options)
+        from action_ray.store import open_store
+
+        # a fresh handle on the driver, so cases ingested since the last plan are visible
+        store = open_store(self.store_url, storage_options=self.storage_options or None)
         self.normalization = resolve_spec(getattr(store, "dataset_meta", {}), normalization)
         self.case_table: tuple[str, ...] = tuple(dict.fromkeys(case_ids))
         entries = []
