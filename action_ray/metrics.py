@@ -118,6 +118,21 @@ def _check_empty(empty: str) -> None:
 # --------------------------------------------------------------------------- overlap
 
 
+def _overlap_counts(p: np.ndarray, g: np.ndarray) -> tuple[int, int, int]:
+    """(|P∩G|, |P|, |G|) of two bool masks: all that Dice, Jaccard and pooled Dice need."""
+    return int(np.count_nonzero(p & g)), int(np.count_nonzero(p)), int(np.count_nonzero(g))
+
+
+def _dice_from(intersection: int, pred_voxels: int, gt_voxels: int) -> float:
+    total = pred_voxels + gt_voxels
+    return 2.0 * intersection / total if total else 1.0
+
+
+def _jaccard_from(intersection: int, pred_voxels: int, gt_voxels: int) -> float:
+    union = pred_voxels + gt_voxels - intersection
+    return intersection / union if union else 1.0
+
+
 def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     """Dice coefficient 2|P∩G| / (|P|+|G|) of two binary masks of equal shape (any ndim).
 
@@ -126,16 +141,17 @@ def dice(pred: np.ndarray, gt: np.ndarray) -> float:
     """
     p, g = _as_binary(pred, "pred"), _as_binary(gt, "gt")
     _check_pair(p, g, "dice")
-    total = int(p.sum()) + int(g.sum())
-    return 2.0 * int(np.logical_and(p, g).sum()) / total if total else 1.0
+    return _dice_from(*_overlap_counts(p, g))
 
 
 def jaccard(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Jaccard index |P∩G| / |P∪G| of two binary masks of equal shape; 1.0 when both are empty (medpy 0.5's ``jc``)."""
+    """Jaccard index |P∩G| / |P∪G| of two binary masks of equal shape.
+
+    Both masks empty gives 1.0 (medpy 0.5's ``jc``).
+    """
     p, g = _as_binary(pred, "pred"), _as_binary(gt, "gt")
     _check_pair(p, g, "jaccard")
-    union = int(np.logical_or(p, g).sum())
-    return int(np.logical_and(p, g).sum()) / union if union else 1.0
+    return _jaccard_from(*_overlap_counts(p, g))
 
 
 # --------------------------------------------------------------------------- distances
@@ -149,9 +165,15 @@ def _crop_to_union(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray
     outside of the array as background), and the nearest surface voxel of the other mask always
     lies inside the box. It makes a small lesion in a 512x512x400 CT cost what its box costs.
     """
-    coords = np.nonzero(a | b)
-    box = tuple(slice(int(c.min()), int(c.max()) + 1) for c in coords)
-    return a[box], b[box]
+    union = a | b
+    box = []
+    for axis in range(union.ndim):
+        others = tuple(k for k in range(union.ndim) if k != axis)
+        occupied = np.flatnonzero(union.any(axis=others))
+        if occupied.size == 0:
+            return a, b
+        box.append(slice(int(occupied[0]), int(occupied[-1]) + 1))
+    return a[tuple(box)], b[tuple(box)]
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -197,9 +219,10 @@ def _distance_summary(pred_to_gt: np.ndarray, gt_to_pred: np.ndarray) -> dict[st
     }
 
 
-def _distances_in(p: np.ndarray, g: np.ndarray, samplings: Sequence[tuple[float, ...] | None]) -> list[dict[str, float]]:
-    """Distance summaries of two non-empty masks for each sampling, sharing one crop and surface pass."""
-    p, g = _crop_to_union(p, g)
+def _distances_in(
+    p: np.ndarray, g: np.ndarray, samplings: Sequence[tuple[float, ...] | None]
+) -> list[dict[str, float]]:
+    """Distance summaries of two non-empty, already cropped masks for each sampling (one surface pass)."""
     p_surface, g_surface = _surface(p), _surface(g)
     return [
         _distance_summary(_directed(p_surface, g_surface, s), _directed(g_surface, p_surface, s))
@@ -276,18 +299,23 @@ def binary_metrics(
     _check_pair(p, g, "binary_metrics")
     sampling = _check_spacing(spacing, p.ndim)
     _check_empty(empty)
-    return _binary_metrics_in(p, g, [sampling], empty)[0]
+    return _pair_metrics(p, g, [sampling], empty)[1][0]
 
 
-def _binary_metrics_in(
+def _pair_metrics(
     p: np.ndarray, g: np.ndarray, samplings: Sequence[tuple[float, ...] | None], empty: str
-) -> list[dict[str, float]]:
-    """:func:`binary_metrics` on validated masks for several samplings (overlap computed once)."""
-    pred_empty, gt_empty = not p.any(), not g.any()
-    if pred_empty or gt_empty:
-        return [_empty_case(pred_empty, gt_empty, empty) for _ in samplings]
-    overlap = {"dice": dice(p, g), "jaccard": jaccard(p, g)}
-    return [{**overlap, **distances} for distances in _distances_in(p, g, samplings)]
+) -> tuple[tuple[int, int, int], list[dict[str, float]]]:
+    """:func:`binary_metrics` on validated masks for several samplings, plus the overlap counts.
+
+    Everything is computed on the union's bounding box; overlap once, surfaces once.
+    """
+    p, g = _crop_to_union(p, g)
+    counts = _overlap_counts(p, g)
+    _, pred_voxels, gt_voxels = counts
+    if pred_voxels == 0 or gt_voxels == 0:
+        return counts, [_empty_case(pred_voxels == 0, gt_voxels == 0, empty) for _ in samplings]
+    overlap = {"dice": _dice_from(*counts), "jaccard": _jaccard_from(*counts)}
+    return counts, [{**overlap, **distances} for distances in _distances_in(p, g, samplings)]
 
 
 def case_metrics(
@@ -327,7 +355,7 @@ def case_metrics(
     for c in class_list:
         p, g = pred_labels == c, gt_labels == c
         samplings = [None] if sampling is None else [sampling, None]
-        values = _binary_metrics_in(p, g, samplings, empty)
+        (intersection, pred_voxels, gt_voxels), values = _pair_metrics(p, g, samplings, empty)
         voxel = values[-1]
         mm = values[0] if sampling is not None else dict.fromkeys(_DISTANCE_KEYS, math.nan)
         rows.append({
@@ -336,11 +364,11 @@ def case_metrics(
             "jaccard": voxel["jaccard"],
             **{f"{k}_mm": mm[k] for k in _DISTANCE_KEYS},
             **{f"{k}_vox": voxel[k] for k in _DISTANCE_KEYS},
-            "pred_empty": not p.any(),
-            "gt_empty": not g.any(),
-            "intersection": int(np.logical_and(p, g).sum()),
-            "pred_voxels": int(p.sum()),
-            "gt_voxels": int(g.sum()),
+            "pred_empty": pred_voxels == 0,
+            "gt_empty": gt_voxels == 0,
+            "intersection": intersection,
+            "pred_voxels": pred_voxels,
+            "gt_voxels": gt_voxels,
         })
     return rows
 
@@ -377,7 +405,9 @@ def summarise(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     by_class: dict[int, list[Mapping[str, Any]]] = {}
     for row in rows:
         if "class" not in row:
-            raise ValueError(f"summarise: each row needs a 'class' key (rows come from case_metrics), got {sorted(row)}")
+            raise ValueError(
+                f"summarise: each row needs a 'class' key (rows come from case_metrics), got {sorted(row)}"
+            )
         by_class.setdefault(int(row["class"]), []).append(row)
 
     per_class: dict[int, dict[str, Any]] = {}

@@ -176,7 +176,8 @@ def test_case_metrics_without_spacing_gives_nan_mm_and_real_voxels():
     (lambda: metrics.binary_metrics(BLOB, BLOB, spacing=(1.0, 0.0, 1.0)), r"positive finite"),
     (lambda: metrics.binary_metrics(BLOB, BLOB, spacing=(1.0, math.nan, 1.0)), r"positive finite"),
     (lambda: metrics.binary_metrics(BLOB, BLOB, empty="medpy"), r"expected one of \['action', 'strict'\]"),
-    (lambda: metrics.case_metrics(np.zeros((4, 4)), np.zeros((4, 4), int), [1], None), r"pred_labels: expected an integer"),
+    (lambda: metrics.case_metrics(np.zeros((4, 4)), np.zeros((4, 4), int), [1], None),
+     r"pred_labels: expected an integer"),
     (lambda: metrics.case_metrics(np.zeros((4, 4), int), np.zeros((4, 4), int), [], None), r"at least one"),
     (lambda: metrics.case_metrics(np.zeros((4, 4), int), np.zeros((4, 4), int), [1, 1], None), r"once"),
     (lambda: metrics.case_metrics(np.zeros((4, 4), int), np.zeros((3, 4), int), [1], None), r"shape"),
@@ -256,5 +257,6 @@ def test_summarise_on_case_metrics_output_end_to_end():
     assert tumour["excluded"]["hd95_mm"] == 0          # both-empty cases count as distance 0 under strict
     assert tumour["dice"] == pytest.approx((2 / 3 + 1 + 1) / 3)
     assert tumour["pooled_dice"] == pytest.approx(2 / 3)
-    rows_action = [r for pred, gt in cases for r in metrics.case_metrics(pred, gt, [2], (3.0, 1.0, 1.0), empty="action")]
+    rows_action = [r for pred, gt in cases
+                   for r in metrics.case_metrics(pred, gt, [2], (3.0, 1.0, 1.0), empty="action")]
     assert metrics.summarise(rows_action)["per_class"][2]["dice"] == pytest.approx((2 / 3) / 3)

@@ -51,7 +51,8 @@ def _pairs():
     cases.append(("spheres", _ball(shape3, (12, 16, 16), 8), _ball(shape3, (13, 17, 15), 7), (1.0, 1.0, 1.0)))
     cases.append(("ellipsoids-aniso", _ball(shape3, (12, 15, 16), 7, (0.5, 1.0, 1.2)),
                   _ball(shape3, (11, 16, 16), 8, (0.6, 1.0, 1.0)), (3.0, 0.9, 0.7)))
-    cases.append(("cubes", _box(shape3, (4, 4, 4), (16, 20, 18)), _box(shape3, (6, 5, 3), (18, 22, 20)), (2.5, 1.0, 1.0)))
+    cases.append(("cubes", _box(shape3, (4, 4, 4), (16, 20, 18)), _box(shape3, (6, 5, 3), (18, 22, 20)),
+                  (2.5, 1.0, 1.0)))
     shell = _ball(shape3, (12, 16, 16), 9) & ~_ball(shape3, (12, 16, 16), 8)
     cases.append(("thin-shell-vs-sphere", shell, _ball(shape3, (12, 16, 16), 9), (1.5, 0.8, 0.8)))
     cases.append(("touching-border", _box(shape3, (0, 0, 20), (10, 12, 32)), _box(shape3, (0, 2, 18), (12, 10, 32)),
