@@ -130,3 +130,40 @@ def test_streaming_stays_bounded_when_an_epoch_exceeds_the_object_store(ray_clus
     assert rows == source.num_rows() == 8 * sum(s[0] for s in SHAPES.values())
     stats = dataset.stats()
     assert "ReadVolumeSlice" in stats and "spilled" not in stats.lower()
+
+
+def test_streams_feed_a_torch_trainer_as_torch_batches(ray_cluster, store, tmp_path):
+    """Local-mode TorchTrainer (num_workers=0): the datasets= path the training loop uses."""
+    import torch
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from action_ray.data.streams import train_data_config
+
+    split = label_split(store, num_labelled_patients=2, seed=0)
+    streams = build_streams(store.url, None, split, output_size=(32, 32), rows_per_task=4)
+    iter_kwargs = streams.meta.iter_kwargs()
+
+    def loop(config):
+        import ray.train
+
+        labelled = ray.train.get_dataset_shard("labelled")
+        unlabelled = ray.train.get_dataset_shard("unlabelled")
+        pairs = zip(labelled.iter_torch_batches(batch_size=4, drop_last=True, **iter_kwargs),
+                    unlabelled.iter_torch_batches(batch_size=4, drop_last=True, **iter_kwargs))
+        shapes = []
+        for lab, unl in pairs:
+            assert lab["image"].dtype == torch.float32 and lab["label"].dtype == torch.uint8
+            assert lab["case"].dtype == torch.int32 and "label" not in unl
+            shapes.append((tuple(lab["image"].shape), tuple(lab["label"].shape), tuple(unl["image"].shape)))
+        return shapes
+
+    result = TorchTrainer(
+        loop, scaling_config=ScalingConfig(num_workers=0),
+        run_config=RunConfig(name="data-local", storage_path=str(tmp_path)),
+        datasets={"labelled": streams.labelled, "unlabelled": streams.unlabelled},
+        dataset_config=train_data_config(),
+    ).fit()
+    shapes = result.return_value
+    assert len(shapes) == streams.meta.unlabelled_rows_per_epoch // 4
+    assert set(shapes) == {((4, 1, 32, 32), (4, 32, 32), (4, 1, 32, 32))}
