@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import tempfile
 import time
@@ -49,7 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     for key, value in {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.1", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
-                       "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+                       "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                       "RAY_DATA_LOG_LEVEL": "WARNING"}.items():
         os.environ.setdefault(key, value)  # before ray.init: workers inherit them
     from action_ray.errors import ConfigError
     from action_ray.urls import parse_storage_options, redact
@@ -175,7 +175,6 @@ def measure(url: str, storage_options: dict, args: argparse.Namespace, tmp: Path
     if started_ray:
         ray.init(num_cpus=args.num_cpus or 2 * (os.cpu_count() or 1), include_dashboard=False,
                  log_to_driver=False, configure_logging=False)
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
