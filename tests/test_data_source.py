@@ -159,3 +159,18 @@ def test_reads_from_s3(s3_server):
     rows = run_tasks(source)
     np.testing.assert_array_equal(rows["image"][:, 0], expected_image(store, volumes, "c0"))
     np.testing.assert_array_equal(rows["label"], volumes["c0"][1])
+
+
+def test_patch_tasks_split_inside_a_plane_and_read_only_their_box(store_and_volumes):
+    store, volumes = store_and_volumes
+    patch = (2, 8, 8)
+    row_bytes = 2 * 8 * 8 * 5 + 4 * 4
+    whole = VolumeSliceDatasource(store.url, None, ["c1"], mode="patch", patch_size=patch)
+    split = VolumeSliceDatasource(store.url, None, ["c1"], mode="patch", patch_size=patch,
+                                  target_task_bytes=5 * row_bytes)
+    assert whole.num_rows() == split.num_rows() == 3 * 3 * 3
+    assert len(whole.plan_tasks()) == 1
+    assert all(t.metadata.num_rows <= 5 for t in split.get_read_tasks(parallelism=1))
+    a, b = run_tasks(whole), run_tasks(split)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])

@@ -63,7 +63,8 @@ class CaseEntry:
 
 @dataclass(frozen=True)
 class ReadUnit:
-    """One contiguous range of one case: slices ``[start, stop)`` or patch z-origins ``[start, stop)``."""
+    """One contiguous range of one case's rows: slices ``[start, stop)``, or patches
+    ``[start, stop)`` of the case's z-major patch-origin list (see :func:`patch_origins`)."""
 
     case: int
     start: int
@@ -81,6 +82,12 @@ def axis_origins(length: int, patch: int, stride: int) -> list[int]:
     if origins[-1] != length - patch:
         origins.append(length - patch)
     return origins
+
+
+def patch_origins(shape: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int]]:
+    """All patch origins (z, y, x) of a volume, z-major, so a contiguous range is a z slab."""
+    zs, ys, xs = (axis_origins(n, p, s) for n, p, s in zip(shape, patch, stride))
+    return [(z, y, x) for z in zs for y in ys for x in xs]
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,22 +224,11 @@ class VolumeSliceDatasource(Datasource):
         return self._z_chunks[case.case_id]
 
     # ---- sizes ---------------------------------------------------------------------------------
-    def _origins(self, case: CaseEntry) -> tuple[list[int], list[int], list[int]]:
-        assert self.patch_size is not None and self.patch_stride is not None
-        return tuple(  # type: ignore[return-value]
-            axis_origins(n, p, s) for n, p, s in zip(case.shape, self.patch_size, self.patch_stride)
-        )
-
     def _units_in_case(self, case: CaseEntry) -> int:
-        """Slices (slice mode) or patch z-origins (patch mode) of a case."""
-        return case.shape[0] if self.mode == "slice" else len(self._origins(case)[0])
-
-    def _rows_per_unit_step(self, case: CaseEntry) -> int:
-        """Rows produced by one z step (1 slice, or one plane of patch origins)."""
+        """Rows of a case: its slices, or its patches (z-major over the origin grid)."""
         if self.mode == "slice":
-            return 1
-        _, ys, xs = self._origins(case)
-        return len(ys) * len(xs)
+            return case.shape[0]
+        return len(patch_origins(case.shape, self.patch_size, self.patch_stride))  # type: ignore[arg-type]
 
     def row_bytes(self, case: CaseEntry) -> int:
         """In-memory bytes of one output row of ``case``."""
@@ -248,14 +244,12 @@ class VolumeSliceDatasource(Datasource):
     def num_rows(self) -> int:
         """Rows per epoch (every listed case occurrence, in full)."""
         return sum(
-            self._units_in_case(self.cases[i]) * self._rows_per_unit_step(self.cases[i])
-            for i in self.case_sequence
+            self._units_in_case(self.cases[i]) for i in self.case_sequence
         )
 
     def estimate_inmemory_data_size(self) -> int:
         return sum(
-            self._units_in_case(self.cases[i]) * self._rows_per_unit_step(self.cases[i]) * self.row_bytes(self.cases[i])
-            for i in self.case_sequence
+            self._units_in_case(self.cases[i]) * self.row_bytes(self.cases[i]) for i in self.case_sequence
         )
 
     # ---- planning ------------------------------------------------------------------------------
@@ -263,8 +257,9 @@ class VolumeSliceDatasource(Datasource):
         """Group the epoch's units into read tasks, by bytes (or ``rows_per_task``).
 
         A case stays whole inside one task when it fits the per-task budget (then tasks hold
-        one or more whole cases); a larger case is cut into slabs of about one budget, aligned
-        to its z chunks so that no chunk is decoded by two tasks.
+        one or more whole cases); a larger case is cut into runs of about one budget: slice
+        runs aligned to its z chunks (so no chunk is decoded by two tasks), or runs of its
+        z-major patch list (each read is the bounding box of the run's patches).
         """
         tasks: list[list[ReadUnit]] = []
         current: list[ReadUnit] = []
@@ -273,9 +268,7 @@ class VolumeSliceDatasource(Datasource):
         for index in self.case_sequence:
             case = self.cases[index]
             steps = self._units_in_case(case)
-            step_cost = self._rows_per_unit_step(case)
-            if self.rows_per_task is None:
-                step_cost *= self.row_bytes(case)
+            step_cost = 1 if self.rows_per_task is not None else self.row_bytes(case)
             max_steps = max(1, budget // step_cost)
             if steps > max_steps and self.mode == "slice":
                 align = self._z_chunk(case)
@@ -294,7 +287,7 @@ class VolumeSliceDatasource(Datasource):
         return tasks
 
     def unit_rows(self, unit: ReadUnit) -> int:
-        return (unit.stop - unit.start) * self._rows_per_unit_step(self.cases[unit.case])
+        return unit.stop - unit.start
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list:
         """Ray entry point; ``parallelism`` is ignored in favour of byte-sized tasks (module doc)."""
@@ -359,8 +352,8 @@ def read_unit_batch(ctx: _TaskContext, unit: ReadUnit) -> dict[str, np.ndarray]:
     return _patch_batch(ctx, store, case, unit)
 
 
-def _read_slab(ctx: _TaskContext, store, case: CaseEntry, z0: int, z1: int) -> tuple[np.ndarray, np.ndarray | None]:
-    box = (slice(z0, z1), slice(None), slice(None))
+def _read_box(ctx: _TaskContext, store, case: CaseEntry, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray | None]:
+    """One ranged read of ``box``, normalised; the label as the datasource's columns need it."""
     want_label = ctx.with_label and case.has_label
     image, label = store.read_patch(case.case_id, box)
     image = normalize_array(image, ctx.normalization, case.stats, case.case_id)
@@ -376,7 +369,7 @@ def _read_slab(ctx: _TaskContext, store, case: CaseEntry, z0: int, z1: int) -> t
 
 
 def _slice_batch(ctx: _TaskContext, store, case: CaseEntry, unit: ReadUnit) -> dict[str, np.ndarray]:
-    image, label = _read_slab(ctx, store, case, unit.start, unit.stop)
+    image, label = _read_box(ctx, store, case, (slice(unit.start, unit.stop), slice(None), slice(None)))
     if ctx.output_size is not None:
         image, label = resize_slices(image, label, ctx.output_size, ctx.image_interpolation)
     rows = image.shape[0]
@@ -398,19 +391,19 @@ def _pad_to(array: np.ndarray, shape: Sequence[int], value: float) -> np.ndarray
 def _patch_batch(ctx: _TaskContext, store, case: CaseEntry, unit: ReadUnit) -> dict[str, np.ndarray]:
     assert ctx.patch_size is not None and ctx.patch_stride is not None
     pd, ph, pw = ctx.patch_size
-    zs, ys, xs = (axis_origins(n, p, s) for n, p, s in zip(case.shape, ctx.patch_size, ctx.patch_stride))
-    z_origins = zs[unit.start:unit.stop]
-    z_lo, z_hi = z_origins[0], min(case.shape[0], z_origins[-1] + pd)
-    image, label = _read_slab(ctx, store, case, z_lo, z_hi)
-    full = (z_origins[-1] - z_lo + pd, max(case.shape[1], ph), max(case.shape[2], pw))
-    image = _pad_to(image, full, 0.0)
+    grid = patch_origins(case.shape, ctx.patch_size, ctx.patch_stride)[unit.start:unit.stop]
+    low = np.min(grid, axis=0)
+    high = np.max(grid, axis=0) + np.asarray(ctx.patch_size)  # exclusive; beyond the volume = padding
+    box = tuple(slice(int(lo), int(min(hi, n))) for lo, hi, n in zip(low, high, case.shape))
+    image, label = _read_box(ctx, store, case, box)  # the bounding box of this unit's patches only
+    image = _pad_to(image, high - low, 0.0)
     if label is not None:
-        label = _pad_to(label, full, 0)
-    grid = [(z, y, x) for z in z_origins for y in ys for x in xs]
+        label = _pad_to(label, high - low, 0)
+    z_lo, y_lo, x_lo = (int(v) for v in low)
     images = np.empty((len(grid), 1, pd, ph, pw), dtype=np.float32)
     labels = np.empty((len(grid), pd, ph, pw), dtype=np.uint8) if label is not None else None
     for row, (z, y, x) in enumerate(grid):
-        window = (slice(z - z_lo, z - z_lo + pd), slice(y, y + ph), slice(x, x + pw))
+        window = (slice(z - z_lo, z - z_lo + pd), slice(y - y_lo, y - y_lo + ph), slice(x - x_lo, x - x_lo + pw))
         images[row, 0] = image[window]
         if labels is not None:
             labels[row] = label[window]
