@@ -115,6 +115,16 @@ def test_synth_cli_seed_changes_output_and_rejects_file_out(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(blocker) in err and "not a folder" in err
     assert main(["synth", "cardiac", "--out", str(tmp_path / "c"), "--cases", "0"]) == 2
+    capsys.readouterr()
+    assert main(["synth", "liver", "--out", str(blocker / "sub"), "--cases", "1"]) == 2
+    assert "cannot create --out" in capsys.readouterr().err
+
+
+def test_synth_cli_removes_parts_left_by_a_killed_run(tmp_path):
+    stale = tmp_path / ".volume-0.nii.12345.part"
+    stale.write_bytes(b"half a file")
+    assert main(["synth", "liver", "--out", str(tmp_path), "--cases", "1", "--workers", "1"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["segmentation-0.nii", "volume-0.nii"]
 
 
 def test_bench_phantoms_prints_measurements_next_to_targets(capsys):

@@ -72,26 +72,58 @@ def _check_args(args: argparse.Namespace) -> Path:
     return out
 
 
-def run(args: argparse.Namespace) -> int:
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+def _make_case_star(job: tuple) -> int:
+    return make_case(*job)
 
+
+def _generate(args: argparse.Namespace, out: Path, pending: list[int], bar) -> None:
+    """Generate ``pending`` cases, in-process for one worker, else in a process pool.
+
+    A multiprocessing pool (not concurrent.futures) because ``terminate()`` stops running
+    workers at once on Ctrl-C; the atomic writes guarantee no half-written case survives.
+    """
+    import multiprocessing
+
+    jobs = [(args.kind, str(out), i, args.seed, args.size) for i in pending]
+    if args.workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            make_case(*job)
+            bar.update(1)
+        return
+    pool = multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs)))
+    try:
+        for _ in pool.imap_unordered(_make_case_star, jobs, chunksize=1):
+            bar.update(1)
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
+
+
+def _remove_stale_parts(out: Path) -> None:
+    """Delete temporary files left by a killed run (``.NAME.PID.part``, see layouts.write_atomic)."""
+    for part in out.rglob(".*.part"):
+        part.unlink(missing_ok=True)
+
+
+def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     out = _check_args(args)
+    _remove_stale_parts(out)
     pending = [i for i in range(args.cases) if not _is_complete(args.kind, out, i)]
     skipped = args.cases - len(pending)
     unit = "patient" if args.kind == "cardiac" else "volume"
     with tqdm(total=args.cases, initial=skipped, unit=unit, desc=f"synth {args.kind}") as bar:
-        if args.workers == 1 or len(pending) <= 1:
-            for index in pending:
-                make_case(args.kind, str(out), index, args.seed, args.size)
-                bar.update(1)
-        else:
-            with ProcessPoolExecutor(max_workers=min(args.workers, len(pending))) as pool:
-                futures = [pool.submit(make_case, args.kind, str(out), i, args.seed, args.size) for i in pending]
-                for future in as_completed(futures):
-                    future.result()
-                    bar.update(1)
+        try:
+            _generate(args, out, pending, bar)
+        except OSError as exc:
+            where = exc.filename or out
+            raise ActionRayError(f"cannot write phantoms to {where}: {exc.strerror or exc}; "
+                                 "check free space and permissions, then rerun (finished cases are kept)") from exc
     layout = "ACDC" if args.kind == "cardiac" else "LiTS"
     print(f"wrote {len(pending)} {unit}(s), skipped {skipped} already complete, {layout} layout in {out}")
     return 0
