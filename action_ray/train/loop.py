@@ -1,0 +1,412 @@
+"""The per-worker training function: plain PyTorch plus the three Ray Train calls.
+
+``train_loop_per_worker`` is what ``TorchTrainer`` runs on every worker. It gets its dataset
+shards (``ray.train.get_dataset_shard``), builds the stage state (`build_state`), runs the
+stage step functions and calls ``ray.train.report`` every ``train.report_every`` steps, with a
+checkpoint every ``train.checkpoint_every`` steps and at the end of every stage. Everything
+between those calls is the ordinary, Ray-free code of `run_stages`.
+
+Why no ``prepare_model``/DDP: `ActionModel` is several networks whose trainable set changes per
+stage, and the steps call the student several times per iteration. The step functions average
+gradients themselves (``steps.common.apply_update`` → one flat ``all_reduce``), so this loop
+must not wrap the model: gradients are averaged across ranks exactly once, inside the step.
+
+One ``fit`` trains every stage of the run (P1 → P2 → FT): the checkpoint records the stage,
+so Ray's retry after a worker failure (``FailureConfig``) and a resumed run (same run name,
+``get_checkpoint()``) both continue inside the right stage, including at a stage boundary
+(a ``stage_done`` checkpoint is followed by the hand-off to the next stage).
+
+Data position: each stage restarts its streams at epoch 0; a checkpoint records (epoch,
+batches taken) and a resumed worker skips that many batches of that epoch. With
+``train.deterministic`` the streams are ordered and seeded (see `trainer.data_config`), so the
+skipped batches are the same ones and a resumed run repeats the uninterrupted loss trajectory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+
+from action_ray.config import Config, config_from_dict
+from action_ray.errors import ConfigError
+from action_ray.train.checkpoint import (
+    Checkpoint,
+    DataPosition,
+    capture_rng,
+    download_directory,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+    upload_directory,
+)
+
+Batch = dict[str, torch.Tensor]
+#: A function that yields (position after the batch, raw shard batches) for a stage.
+BatchSource = Callable[[str, DataPosition], Iterator[tuple[DataPosition, dict[str, Batch]]]]
+
+
+@dataclass
+class LoopSettings:
+    """What the driver hands every worker (``train_loop_config``), besides the datasets.
+
+    ``stop_after_steps`` is a debugging/testing aid: the worker stops after that many optimiser
+    steps *in this session*, without a final checkpoint, as if the job had been killed.
+    """
+
+    config: dict[str, Any]
+    label_split: str
+    run_dir: str
+    num_classes: int
+    iter_kwargs: dict[str, Any] = field(default_factory=dict)
+    init_checkpoint: str | None = None
+    stop_after_steps: int | None = None
+    write_pid: bool = True
+
+
+# ------------------------------------------------------------------------------- batches
+def stage_batch_sizes(config: Config, stage: str) -> tuple[int, int]:
+    """(labelled, unlabelled) slices per worker batch of ``stage`` for ``config.method``."""
+    d = config.data
+    if stage in ("p1", "p2"):
+        return d.pretrain_labelled_batch, d.pretrain_unlabelled_batch
+    if config.method == "supervised":
+        return d.ft_labelled_batch, 0
+    return d.ft_labelled_batch, d.ft_unlabelled_batch
+
+
+def compose_batch(stage: str, parts: dict[str, Batch]) -> Batch:
+    """Shard batches → the layout the stage step expects (see ``train.steps``).
+
+    parts["labelled"]: {"image": (B_l, 1, *S), "label": (B_l, *S)}; parts["unlabelled"]:
+    {"image": (B_u, 1, *S)} (absent when B_u = 0). P1/P2 get one batch ``[labelled | unlabelled]``
+    with a ``labelled`` flag per row; FT and the baselines get ``image_l/label_l/image_u``.
+    """
+    lab = parts["labelled"]
+    unl = parts.get("unlabelled")
+    if stage in ("p1", "p2"):
+        images, labels = [lab["image"]], [lab["label"].long()]
+        flags = [torch.ones(lab["image"].shape[0], dtype=torch.bool)]
+        if unl is not None:
+            u = unl["image"]
+            images.append(u)
+            labels.append(torch.zeros((u.shape[0], *u.shape[2:]), dtype=torch.long))
+            flags.append(torch.zeros(u.shape[0], dtype=torch.bool))
+        return {"image": torch.cat(images), "label": torch.cat(labels), "labelled": torch.cat(flags)}
+    batch = {"image_l": lab["image"], "label_l": lab["label"].long()}
+    if unl is not None:
+        batch["image_u"] = unl["image"]
+    return batch
+
+
+def shard_batches(
+    shards: Mapping[str, Any], config: Config, iter_kwargs: Mapping[str, Any]
+) -> BatchSource:
+    """A `BatchSource` over Ray ``DataIterator`` shards, endless over epochs.
+
+    One epoch ends when either stream runs out (the labelled stream is oversampled to be at
+    least as long as the unlabelled one). With a local shuffle buffer and
+    ``train.deterministic`` the buffer seed is derived from (seed, stage, epoch).
+    """
+
+    def batches(stage: str, start: DataPosition) -> Iterator[tuple[DataPosition, dict[str, Batch]]]:
+        n_lab, n_unl = stage_batch_sizes(config, stage)
+        if n_unl and shards.get("unlabelled") is None:
+            raise ConfigError(
+                f"stage {stage} of method={config.method} needs unlabelled data, but every train "
+                "patient is labelled; lower data.label_ratio / data.labelled_patients"
+            )
+        epoch, skip = start.epoch, start.batches
+        while True:
+            kwargs = dict(iter_kwargs)
+            if config.train.deterministic and kwargs.get("local_shuffle_buffer_size"):
+                kwargs["local_shuffle_seed"] = (config.train.seed * 1000003 + epoch * 31 + len(stage)) % 2**31
+            streams = {"labelled": shards["labelled"].iter_torch_batches(batch_size=n_lab, drop_last=True, **kwargs)}
+            if n_unl:
+                streams["unlabelled"] = shards["unlabelled"].iter_torch_batches(
+                    batch_size=n_unl, drop_last=True, **kwargs)
+            taken = 0
+            for rows in zip(*streams.values()):
+                taken += 1
+                if taken <= skip:
+                    continue
+                yield DataPosition(epoch, taken), dict(zip(streams.keys(), rows))
+            if taken == 0:
+                raise ConfigError(
+                    f"stage {stage}: an epoch gave no full batch of {n_lab} labelled + {n_unl} "
+                    "unlabelled slices per worker; use smaller batches or fewer workers"
+                )
+            epoch, skip = epoch + 1, 0
+
+    return batches
+
+
+# ------------------------------------------------------------------------ replica checks
+def replica_digest(state) -> str:
+    """SHA-256 over the trainable-or-not parameters and bank buffers (not BN statistics,
+    which are per-rank by design). Equal on every rank when gradients are averaged and the
+    global bank enqueues the same keys everywhere."""
+    digest = hashlib.sha256()
+    tensors = [p.detach() for p in state.model.parameters()]
+    for bank in state.banks().values():
+        tensors += [b.detach() for b in bank.buffers()]
+    for tensor in tensors:
+        digest.update(tensor.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _gather_objects(obj: Any) -> list[Any]:
+    """``all_gather_object`` when distributed, else ``[obj]``."""
+    import torch.distributed as dist
+
+    from action_ray.distributed import world_size
+
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+# ---------------------------------------------------------------------------- the stages
+@dataclass
+class Reporter:
+    """Where a worker's reports go; the Ray version is `RayReporter`."""
+
+    rank: int = 0
+
+    def report(self, metrics: dict[str, Any], history: list[dict[str, Any]],
+               checkpoint: Checkpoint | None) -> None:  # pragma: no cover
+        """Called on every rank at the same steps; ``history`` is every report of the run so far."""
+        raise NotImplementedError
+
+
+def _next_stage_state(state, stage: str):
+    from action_ray.train.state import handoff_p1_to_p2, handoff_p2_to_ft
+
+    if (state.stage, stage) == ("p1", "p2"):
+        return handoff_p1_to_p2(state)
+    if (state.stage, stage) == ("p2", "ft"):
+        return handoff_p2_to_ft(state)
+    raise ConfigError(f"cannot hand over from stage {state.stage} to {stage}; stages run p1 -> p2 -> ft")
+
+
+@torch.no_grad()
+def broadcast_from_rank0(model: torch.nn.Module) -> None:
+    """Copy rank 0's parameters and buffers to every rank (what DDP does when it wraps a model).
+
+    Needed after a stage hand-off: the re-initialised heads draw from the global torch RNG,
+    which is seeded per rank (dropout), so without this the replicas would start the next
+    stage from different heads and never agree again.
+    """
+    import torch.distributed as dist
+
+    from action_ray.distributed import world_size
+
+    if world_size() == 1:
+        return
+    for tensor in [*model.parameters(), *model.buffers()]:
+        dist.broadcast(tensor.data, src=0)
+
+
+def _restore(state, checkpoint: Checkpoint, rank: int) -> None:
+    """Load a checkpoint into a state built for its stage, with this rank's own RNG streams."""
+    state.load_state_dict(checkpoint.train_state)
+    mine = checkpoint.rank_rng[rank % len(checkpoint.rank_rng)]
+    state.generator.set_state(mine["generator"])
+    restore_rng(mine["rng"])
+
+
+def run_stages(
+    config: Config,
+    settings: LoopSettings,
+    batches: BatchSource,
+    reporter: Reporter,
+    device: torch.device,
+    resume: Checkpoint | None = None,
+    init: Checkpoint | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train every stage of ``config.stages`` from ``resume`` (or ``init``, or scratch).
+
+    ``init`` is the final checkpoint of the stage before the first one in ``config.stages``
+    (``train.init_from``). Returns a summary (stage, step, interrupted).
+    """
+    from action_ray.distributed import rank as current_rank
+    from action_ray.train.state import build_state
+    from action_ray.train.steps import step_function
+
+    rank = current_rank()
+    stages = list(config.stages or [])
+    history: list[dict[str, Any]] = list(resume.metrics) if resume else []
+    position = DataPosition()
+    state = None
+    if resume is not None:
+        if resume.stage not in stages:
+            raise ConfigError(f"the checkpoint is in stage {resume.stage}, which this run does not train ({stages})")
+        state = build_state(config, settings.num_classes, device, resume.stage)
+        _restore(state, resume, rank)
+        position = resume.data_position
+        first = stages.index(resume.stage) + (1 if resume.stage_done else 0)
+    else:
+        first = 0
+        if init is not None:
+            state = build_state(config, settings.num_classes, device, init.stage)
+            _restore(state, init, rank)
+    steps_this_session = 0
+    for stage in stages[first:]:
+        if state is None:
+            state = build_state(config, settings.num_classes, device, stage)
+        elif state.stage != stage:
+            state = _next_stage_state(state, stage)
+            broadcast_from_rank0(state.model)
+            position = DataPosition()
+        iterations = config.stage(stage).iterations
+        if state.step >= iterations:
+            continue
+        step_fn = step_function(config.method, stage)
+        stream = batches(stage, position)
+        sums: dict[str, torch.Tensor] = {}
+        window_start, window_steps = time.perf_counter(), 0
+        if rank == 0:
+            log(f"stage {stage}: steps {state.step + 1}..{iterations} from epoch {position.epoch}, "
+                f"batch {position.batches}")
+        while state.step < iterations:
+            if settings.stop_after_steps is not None and steps_this_session >= settings.stop_after_steps:
+                return {"stage": stage, "step": state.step, "interrupted": True}
+            position, parts = next(stream)
+            losses = step_fn(state, compose_batch(stage, parts), config)
+            steps_this_session += 1
+            window_steps += 1
+            for name, value in losses.items():
+                sums[name] = sums[name] + value if name in sums else value
+            done = state.step >= iterations
+            if state.step % config.train.report_every and not done:
+                continue
+            elapsed = time.perf_counter() - window_start
+            metrics = {
+                "stage": stage,
+                "step": state.step,
+                "epoch": position.epoch,
+                **{name: float(total) / window_steps for name, total in sums.items()},
+                "lr": float(state.optimizer.param_groups[0]["lr"]),
+                "it_per_s": window_steps / elapsed if elapsed > 0 else 0.0,
+                "time": time.time(),
+            }
+            digests = _gather_objects(replica_digest(state))
+            metrics["replicas_identical"] = len(set(digests)) == 1
+            history.append(metrics)
+            checkpoint = None
+            if done or state.step % config.train.checkpoint_every == 0:
+                rngs = _gather_objects({"generator": state.generator.get_state(), "rng": capture_rng()})
+                checkpoint = Checkpoint(
+                    stage=stage, step=state.step, train_state=state.state_dict(), rank_rng=rngs,
+                    data_position=position, config=settings.config, label_split=settings.label_split,
+                    metrics=list(history), stage_done=done,
+                )
+            if rank == 0:
+                shown = " ".join(f"{k} {metrics[k]:.4f}" for k in sums)
+                log(f"[{stage} {state.step}/{iterations}] {shown} | {metrics['it_per_s']:.2f} it/s"
+                    + (" | checkpoint" if checkpoint else ""))
+            reporter.report(metrics, history, checkpoint)
+            sums, window_start, window_steps = {}, time.perf_counter(), 0
+    final = state.stage if state is not None else (stages[-1] if stages else None)
+    return {"stage": final, "step": state.step if state is not None else 0, "interrupted": False}
+
+
+# ------------------------------------------------------------------------------- Ray glue
+class RayReporter(Reporter):
+    """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint, writes
+    ``metrics.jsonl`` and, at a stage end, a copy of the checkpoint to ``stages/<stage>``."""
+
+    def __init__(self, rank: int, run_dir: str) -> None:
+        super().__init__(rank)
+        self.run_dir = run_dir
+
+    def report(self, metrics: dict[str, Any], history: list[dict[str, Any]],
+               checkpoint: Checkpoint | None) -> None:
+        import ray.train
+
+        if self.rank != 0:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        write_metrics(self.run_dir, history)
+        if checkpoint is None:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="action-ray-ckpt-") as tmp:
+            save_checkpoint(tmp, checkpoint)
+            if checkpoint.stage_done:
+                upload_directory(tmp, f"{self.run_dir}/stages/{checkpoint.stage}")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def write_metrics(run_dir: str, history: list[dict[str, Any]]) -> None:
+    """Rewrite ``<run_dir>/metrics.jsonl`` from the full history (works on s3:// too, where
+    appending is impossible; a few thousand lines at most)."""
+    from action_ray.urls import filesystem_for
+
+    fs, root = filesystem_for(run_dir)
+    fs.makedirs(root, exist_ok=True)
+    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in history)
+    with fs.open(f"{root}/metrics.jsonl", "w") as handle:
+        handle.write(text)
+
+
+def _device(config: Config) -> torch.device:
+    if config.train.use_gpu:
+        import ray.train.torch
+
+        return ray.train.torch.get_device()
+    return torch.device("cpu")
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    """Entry point run by ``TorchTrainer`` on every worker (``train_loop_config`` = `LoopSettings`)."""
+    import ray.train
+
+    settings = LoopSettings(**loop_config)
+    config = config_from_dict(settings.config)
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    if config.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if not config.train.use_gpu:
+        torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
+    if settings.write_pid and "://" not in settings.run_dir:
+        pid_dir = os.path.join(settings.run_dir, "workers")
+        os.makedirs(pid_dir, exist_ok=True)
+        with open(os.path.join(pid_dir, f"rank{rank}.pid"), "w") as handle:
+            handle.write(str(os.getpid()))
+    resume = init = None
+    ray_checkpoint = ray.train.get_checkpoint()
+    if ray_checkpoint is not None:
+        with ray_checkpoint.as_directory() as directory:
+            resume = load_checkpoint(directory)
+    elif settings.init_checkpoint:
+        init = load_init_checkpoint(settings.init_checkpoint)
+    shards = {"labelled": ray.train.get_dataset_shard("labelled")}
+    try:
+        shards["unlabelled"] = ray.train.get_dataset_shard("unlabelled")
+    except (KeyError, ValueError):
+        shards["unlabelled"] = None
+    batches = shard_batches(shards, config, settings.iter_kwargs)
+    reporter = RayReporter(rank, settings.run_dir)
+    return run_stages(config, settings, batches, reporter, _device(config), resume=resume, init=init)
+
+
+def load_init_checkpoint(url: str) -> Checkpoint:
+    """A previous stage's final checkpoint (``train.init_from``), local or remote."""
+    with tempfile.TemporaryDirectory(prefix="action-ray-init-") as tmp:
+        return load_checkpoint(download_directory(url, tmp))
+
+
+def settings_dict(settings: LoopSettings) -> dict[str, Any]:
+    """`LoopSettings` as the plain dict passed through ``train_loop_config``."""
+    return asdict(settings)

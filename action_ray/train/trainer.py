@@ -1,0 +1,260 @@
+"""Build and run the `TorchTrainer` of a training run: Ray settings in one place.
+
+One run = one ``TorchTrainer.fit()`` over every stage (see ``train.loop``), so Ray Train's own
+mechanisms cover both failure modes:
+
+* a worker dies → ``FailureConfig(max_failures=train.max_failures)`` starts a new worker group,
+  whose ``get_checkpoint()`` is the last reported checkpoint (stage and step included);
+* the driver dies or the user stops it → running again with the same run name (``--resume``)
+  makes Ray find ``<storage_path>/<run_name>/`` and hand the workers the latest checkpoint.
+
+The run directory ``<storage_path>/<run_name>/`` (local or ``s3://``) holds ``config.yaml``,
+``label_split.json``, ``metrics.jsonl``, Ray's ``checkpoint_*`` folders, the final checkpoint
+of each stage in ``stages/<stage>/`` and ``result.json`` once every stage is done. On S3, Ray
+(pyarrow) and our own writes (fsspec) both take credentials and endpoint from the standard
+``AWS_*`` environment variables; set them before Ray starts (or in the job's runtime_env).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from action_ray.config import Config
+from action_ray.errors import ActionRayError, ConfigError
+from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_worker
+from action_ray.urls import filesystem_for, is_remote, redact
+
+#: Object store cap of a local Ray started by action-ray: training streams slices, it never
+#: holds the collection (ray-notes §8: the default would be 30 % of RAM, at least 10 GB).
+LOCAL_OBJECT_STORE_BYTES = 1 * 2**30
+
+#: Environment a local Ray should see before it starts (workers inherit it).
+RAY_ENV_DEFAULTS = {
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # otherwise each worker print appears twice
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+}
+
+
+def ensure_ray(config: Config, log: Callable[[str], None] = print) -> None:
+    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray sized for this run.
+
+    Locally, Ray gets at least one more CPU than the workers need, so Ray Data's read tasks
+    always find a CPU (ray-notes §3: whole-CPU workers on a 2-core machine hang).
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    if os.environ.get("RAY_ADDRESS"):
+        log(f"connecting to the Ray cluster at {redact(os.environ['RAY_ADDRESS'])}")
+        ray.init(address=os.environ["RAY_ADDRESS"])
+        return
+    workers = max(1, config.train.num_workers)
+    needed = math.ceil(workers * config.train.cpus_per_worker) + 1
+    num_cpus = max(os.cpu_count() or 1, needed)
+    num_gpus = None
+    if config.train.use_gpu:
+        import torch
+
+        num_gpus = torch.cuda.device_count()
+    log(f"starting a local Ray: {num_cpus} CPUs" + (f", {num_gpus} GPUs" if num_gpus else ""))
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+             object_store_memory=LOCAL_OBJECT_STORE_BYTES, configure_logging=False)
+
+
+def data_config(config: Config):
+    """Ray Train ``DataConfig``: equal, disjoint shards of every dataset; ordered execution in
+    deterministic mode (so a resumed worker can skip exactly the batches it already took)."""
+    from ray.data import ExecutionOptions
+    from ray.train import DataConfig
+
+    options = ExecutionOptions(preserve_order=True) if config.train.deterministic else None
+    return DataConfig(datasets_to_split="all", execution_options=options)
+
+
+def build_trainer(config: Config, settings: LoopSettings, datasets: dict[str, Any], run_name: str):
+    """The `TorchTrainer` of a run: fractional CPU workers or GPU workers, gloo/nccl with the
+    configured collective timeout, checkpoints kept per ``train.num_to_keep``, retries per
+    ``train.max_failures``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    t = config.train
+    resources: dict[str, float] = {"CPU": t.cpus_per_worker}
+    if t.use_gpu:
+        resources["GPU"] = t.gpus_per_worker
+    scaling = ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources)
+    run_config = RunConfig(
+        name=run_name,
+        storage_path=t.resolved_storage_path,
+        failure_config=FailureConfig(max_failures=t.max_failures),
+        checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+    )
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=settings_dict(settings),
+        torch_config=TorchConfig(backend=t.resolved_backend, timeout_s=t.collective_timeout_s),
+        scaling_config=scaling,
+        run_config=run_config,
+        datasets=datasets,
+        dataset_config=data_config(config),
+    )
+
+
+# ------------------------------------------------------------------------- run directory
+@dataclass
+class RunPlan:
+    """Where a run lives and what it trains on, settled before any worker starts."""
+
+    name: str
+    run_dir: str
+    split_json: str
+    num_classes: int
+    resuming: bool
+    complete: bool
+
+
+def run_name(config: Config) -> str:
+    """``train.run_name``, or ``<method>-<config hash>`` so the same config finds its run."""
+    return config.train.run_name or f"{config.method}-{config.hash()}"
+
+
+def _read_text(fs, path: str) -> str | None:
+    if not fs.exists(path):
+        return None
+    with fs.open(path, "r") as handle:
+        return handle.read()
+
+
+def _write_text(fs, path: str, text: str) -> None:
+    with fs.open(path, "w") as handle:
+        handle.write(text)
+
+
+def plan_run(config: Config) -> RunPlan:
+    """Resolve the run directory; check ``--resume`` against what is there; record config and split.
+
+    A fresh run refuses an existing directory (it would silently resume, ray-notes §1); a
+    resumed run must have the same config hash and reuses the recorded label split.
+    """
+    from action_ray.data.splits import LabelSplit, label_split
+    from action_ray.store import open_store
+
+    if not config.data.store:
+        raise ConfigError("data.store is not set: pass data.store=PATH_OR_URL (a store made by `action-ray ingest`)")
+    name = run_name(config)
+    run_dir = f"{config.train.resolved_storage_path.rstrip('/')}/{name}"
+    fs, root = filesystem_for(run_dir)
+    saved_config = _read_text(fs, f"{root}/config.yaml")
+    if saved_config is not None and not config.train.resume:
+        raise ConfigError(
+            f"run {name!r} already exists at {redact(run_dir)}; pass --resume to continue it, "
+            "or choose another train.run_name"
+        )
+    saved_split = None
+    if saved_config is not None:
+        from action_ray.config import config_from_dict
+        import yaml
+
+        previous = config_from_dict(yaml.safe_load(saved_config), f"{run_dir}/config.yaml")
+        if previous.hash() != config.hash():
+            raise ConfigError(
+                f"--resume: the config differs from the one saved with run {name!r} "
+                f"({previous.hash()} vs {config.hash()}); resume with the same settings or start a new run_name"
+            )
+        saved_split = _read_text(fs, f"{root}/label_split.json")
+    store = open_store(config.data.store, config.data.storage_options or None)
+    num_classes = config.model.num_classes or (max(store.classes) + 1)
+    if saved_split is not None:
+        split = LabelSplit.from_json(saved_split)
+    else:
+        split = label_split(store, label_ratio=config.data.label_ratio,
+                            num_labelled_patients=config.data.labelled_patients, seed=config.data.split_seed)
+    fs.makedirs(root, exist_ok=True)
+    config.dump(f"{run_dir}/config.yaml")
+    _write_text(fs, f"{root}/label_split.json", split.to_json())
+    complete = fs.exists(f"{root}/result.json")
+    return RunPlan(name, run_dir, split.to_json(), num_classes, saved_config is not None, complete)
+
+
+def read_result(run_dir: str) -> dict[str, Any] | None:
+    """``result.json`` of a finished run, or None."""
+    fs, root = filesystem_for(run_dir)
+    text = _read_text(fs, f"{root}/result.json")
+    return json.loads(text) if text else None
+
+
+def read_metrics(run_dir: str) -> list[dict[str, Any]]:
+    """Rows of ``metrics.jsonl`` (every report of the run, in order)."""
+    fs, root = filesystem_for(run_dir)
+    text = _read_text(fs, f"{root}/metrics.jsonl") or ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# --------------------------------------------------------------------------------- a run
+def build_datasets(config: Config, split_json: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The labelled / unlabelled Ray Datasets of the split, and the loop's iteration kwargs."""
+    from action_ray.data.splits import LabelSplit
+    from action_ray.data.streams import StreamSettings, build_streams
+
+    overrides: dict[str, Any] = {}
+    if config.train.deterministic:
+        overrides["seed"] = config.train.seed
+    settings = StreamSettings.from_config(config.data, **overrides)
+    streams = build_streams(config.data.store, config.data.storage_options or None,
+                            LabelSplit.from_json(split_json), settings)
+    datasets = {"labelled": streams.labelled}
+    if streams.unlabelled is not None:
+        datasets["unlabelled"] = streams.unlabelled
+    return datasets, streams.meta.iter_kwargs()
+
+
+def run_training(
+    config: Config, *, stop_after_steps: int | None = None, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Plan, fit and record one run; returns the summary also written to ``result.json``.
+
+    ``stop_after_steps`` (testing aid) stops the workers after that many steps without a
+    final checkpoint, as if the job had died; the summary then has ``interrupted=True``.
+    """
+    plan = plan_run(config)
+    if plan.complete:
+        result = read_result(plan.run_dir) or {}
+        log(f"run {plan.name} is already complete ({redact(plan.run_dir)}); nothing to do")
+        return result
+    log(f"run {plan.name} -> {redact(plan.run_dir)}" + (" (resuming)" if plan.resuming else ""))
+    ensure_ray(config, log)
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    datasets, iter_kwargs = build_datasets(config, plan.split_json)
+    settings = LoopSettings(
+        config=config.to_dict(), label_split=plan.split_json, run_dir=plan.run_dir,
+        num_classes=plan.num_classes, iter_kwargs=iter_kwargs, init_checkpoint=config.train.init_from,
+        stop_after_steps=stop_after_steps, write_pid=not is_remote(plan.run_dir),
+    )
+    trainer = build_trainer(config, settings, datasets, plan.name)
+    import ray.train
+
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        raise ActionRayError(
+            f"training run {plan.name} failed: {exc}; fix the cause and continue with --resume"
+        ) from exc
+    summary = dict(result.return_value or {})
+    summary.update(run_name=plan.name, run_dir=plan.run_dir, stages=list(config.stages or []))
+    if not summary.get("interrupted"):
+        fs, root = filesystem_for(plan.run_dir)
+        final = f"{plan.run_dir}/stages/{summary.get('stage')}"
+        summary["final_checkpoint"] = final
+        _write_text(fs, f"{root}/result.json", json.dumps(summary, indent=2))
+    return summary
