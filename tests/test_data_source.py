@@ -8,7 +8,8 @@ from ray.data.block import BlockAccessor
 
 from action_ray.data.normalize import NormalizationSpec, normalize_array
 from action_ray.data.resize import resize_slices
-from action_ray.data.source import IGNORE_LABEL, VolumeSliceDatasource, axis_origins, z_chunk_of
+from action_ray.data.patches import axis_origins
+from action_ray.data.source import IGNORE_LABEL, VolumeSliceDatasource, z_chunk_of
 from action_ray.store import CaseMeta, create_store
 
 SHAPES = {"c0": (5, 24, 20), "c1": (6, 24, 20), "c2": (7, 24, 20), "c3": (4, 24, 20)}

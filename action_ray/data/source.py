@@ -38,6 +38,7 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from action_ray.data.normalize import NormalizationSpec, normalize_array, resolve_spec
+from action_ray.data.patches import axis_origins, patch_origins  # noqa: F401 - axis_origins re-exported
 from action_ray.data.resize import IMAGE_MODES, resize_slices
 from action_ray.errors import ConfigError
 
@@ -69,25 +70,6 @@ class ReadUnit:
     case: int
     start: int
     stop: int
-
-
-def axis_origins(length: int, patch: int, stride: int) -> list[int]:
-    """Patch origins covering ``[0, length)``: every ``stride``, plus one flush with the end.
-
-    A volume shorter than the patch gets one origin at 0 (the patch is zero-padded).
-    """
-    if length <= patch:
-        return [0]
-    origins = list(range(0, length - patch + 1, stride))
-    if origins[-1] != length - patch:
-        origins.append(length - patch)
-    return origins
-
-
-def patch_origins(shape: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> list[tuple[int, int, int]]:
-    """All patch origins (z, y, x) of a volume, z-major, so a contiguous range is a z slab."""
-    zs, ys, xs = (axis_origins(n, p, s) for n, p, s in zip(shape, patch, stride))
-    return [(z, y, x) for z in zs for y in ys for x in xs]
 
 
 @functools.lru_cache(maxsize=8)
