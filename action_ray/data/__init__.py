@@ -3,6 +3,7 @@
 * :mod:`~action_ray.data.splits` — labelled / unlabelled patients for a label ratio (pure Python).
 * :mod:`~action_ray.data.normalize`, :mod:`~action_ray.data.resize` — per-case intensity
   normalisation from stored statistics and the vectorised resize to the training size.
+* :mod:`~action_ray.data.patches` — the 3-D patch-origin grid (shared with sliding-window inference).
 * :mod:`~action_ray.data.source` — ``VolumeSliceDatasource``, a Ray Data source of slices/patches.
 * :mod:`~action_ray.data.streams` — ``build_streams``: the labelled, unlabelled and evaluation
   Datasets of a run.

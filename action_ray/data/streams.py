@@ -36,7 +36,15 @@ SHUFFLE_MODES = ("blocks", "full", "none")
 
 @dataclass(frozen=True)
 class StreamSettings:
-    """Data-path options of a run (the ``data:`` part of a training config)."""
+    """Data-path options of a run (the ``data:`` part of a training config).
+
+    ``seed=None`` (default) draws a new block order every epoch. A fixed ``seed`` makes the
+    block order reproducible but *the same every epoch* (Ray applies the seed at each
+    execution); pair it with a per-epoch ``local_shuffle_seed`` in ``iter_torch_batches`` to
+    still vary the order within the shuffle buffer. With several workers, which rows reach
+    which worker under ``streaming_split`` also depends on timing, so bit-exact data order
+    across runs needs one worker.
+    """
 
     mode: str = "slice"
     output_size: tuple[int, int] | None = (256, 256)
