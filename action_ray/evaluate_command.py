@@ -1,6 +1,9 @@
 """Per-case Dice, Jaccard, HD95 and ASD (mm and voxels) of a trained run on one split.
 
-Writes ``metrics.csv``, ``summary.json``, ``summary.md`` and ``overlays.png`` to ``--out``.
+Writes ``metrics.csv`` (one row per case and class), ``summary.json``, ``summary.md`` and
+``overlays.png`` to ``--out``. The checkpoint is ``last`` (the final FT student) unless
+``--checkpoint best`` picks the one training selected on the *validation* split; evaluation
+itself never selects, so the test split (the default) cannot leak into model choice.
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ import argparse
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run directory (local or s3://) or a checkpoint directory")
     parser.add_argument("--store", required=True, help="Zarr volume store (local path or s3://)")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"],
+                        help="split to evaluate (default: test)")
     parser.add_argument("--out", default=None, help="output directory (default: RUN/eval-SPLIT-CHECKPOINT)")
-    parser.add_argument("--checkpoint", default="last", help="last (default), best, or a checkpoint path")
+    parser.add_argument("--checkpoint", default="last",
+                        help="last (default: final FT checkpoint), best (chosen on validation), or a path")
     parser.add_argument("--empty", choices=["strict", "action"], default="strict",
-                        help="empty-mask convention (see docs/metrics.md)")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices (2-D) or windows (3-D) per forward pass")
+                        help="empty-mask convention (docs/metrics.md); 'action' reproduces the papers")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="slices (2-D) or windows (3-D) per forward pass (default: eval.batch_size)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--storage-option", action="append", default=[], metavar="K=V",
                         help="fsspec storage option for s3:// URLs (repeatable)")
 
@@ -26,4 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from action_ray.evaluation import evaluate_run
     from action_ray.urls import parse_storage_options
 
-    raise NotImplementedError  # filled in below
+    summary = evaluate_run(
+        args.run, args.store, split=args.split, out_dir=args.out, checkpoint=args.checkpoint,
+        empty=args.empty, storage_options=parse_storage_options(args.storage_option) or None,
+        device=args.device, batch_size=args.batch_size, progress=not args.no_progress, echo=print,
+    )
+    from action_ray.evaluation.report import summary_markdown
+
+    print(summary_markdown(summary))
+    return 0

@@ -1,0 +1,225 @@
+"""``predict_cases``: label maps (and probabilities) as NIfTI, in the scanner frame of the input.
+
+Inputs are store cases (``--store``) or NIfTI files. Either way the volume goes through the
+training data path (``inference.predict_case``): store cases with their stored statistics,
+NIfTI files with the same statistics computed the way ingest computes them
+(:func:`action_ray.store.schema.intensity_stats` on the float32 volume in store orientation).
+
+Axis order: the store holds (Z, Y, X) = NIfTI ``data[:, :, z].T`` (ingest's
+``to_store_orientation``); a prediction goes back with the inverse transpose, so voxel
+(i, j, k) of the output is voxel (i, j, k) of the input and the input's affine applies
+unchanged. Label maps are uint8; probability maps are float32, 4-D (X, Y, Z, C), classes last
+(NIfTI-1 has no float16 type, so half precision is not offered).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from action_ray.errors import ConfigError
+from action_ray.evaluation.inference import InferenceSettings, Network, predict_case
+from action_ray.urls import filesystem_for, redact
+
+log = logging.getLogger(__name__)
+
+LABEL_SUFFIX = "_seg.nii.gz"
+PROBABILITY_SUFFIX = "_prob.nii.gz"
+
+
+@dataclass
+class InputVolume:
+    """One volume to predict: raw image (Z, Y, X) float32, its stats, affine and output name."""
+
+    name: str
+    image: np.ndarray
+    stats: Mapping[str, float]
+    affine: np.ndarray
+    header: Any = None  # the source NIfTI header (NIfTI inputs): codes and units carried over
+
+
+def to_nifti_orientation(array: np.ndarray) -> np.ndarray:
+    """Store (Z, Y, X[, ...]) -> NIfTI (X, Y, Z[, ...]): the inverse of ingest's transpose.
+
+    A 4-D (C, Z, Y, X) probability array becomes (X, Y, Z, C), classes last.
+    """
+    if array.ndim == 3:
+        return np.ascontiguousarray(array.transpose(2, 1, 0))
+    if array.ndim == 4:
+        return np.ascontiguousarray(array.transpose(3, 2, 1, 0))
+    raise ValueError(f"expected a (Z, Y, X) or (C, Z, Y, X) array, got shape {array.shape}")
+
+
+def nifti_image(data_xyz: np.ndarray, affine: np.ndarray, source_header: Any = None):
+    """A NIfTI-1 image of ``data_xyz`` with ``affine`` as both qform and sform.
+
+    With a source header, its qform/sform codes and spatial units are kept (a scanner-frame
+    input stays scanner-frame); otherwise code 1 (scanner) and millimetres.
+    """
+    import nibabel as nib
+
+    image = nib.Nifti1Image(data_xyz, np.asarray(affine, dtype=np.float64))
+    image.set_data_dtype(data_xyz.dtype)
+    qcode = scode = 1
+    units = "mm"
+    if source_header is not None:
+        qcode = int(source_header["qform_code"]) or 1
+        scode = int(source_header["sform_code"]) or 1
+        units = source_header.get_xyzt_units()[0] or "mm"
+    image.set_qform(affine, code=qcode)
+    image.set_sform(affine, code=scode)
+    image.header.set_xyzt_units(xyz=units)
+    return image
+
+
+def nifti_bytes(image) -> bytes:
+    """Gzipped NIfTI bytes (written through fsspec, so ``s3://`` outputs work too)."""
+    return gzip.compress(image.to_bytes(), compresslevel=4)
+
+
+def _stem(path: str) -> str:
+    name = os.path.basename(path.rstrip("/"))
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def store_volumes(store, case_ids: Sequence[str]) -> Iterator[InputVolume]:
+    """Volumes of store cases, with their stored statistics and the source affine."""
+    for case_id in case_ids:
+        info = store.case(case_id)
+        image, _ = store.read_volume(case_id)
+        yield InputVolume(case_id, image, info.stats, np.asarray(info.affine, dtype=np.float64))
+
+
+def nifti_volumes(paths: Sequence[str], storage_options: Mapping[str, Any] | None) -> Iterator[InputVolume]:
+    """Volumes of NIfTI files (local or remote), validated and reoriented as ingest does."""
+    from action_ray.errors import CaseError
+    from action_ray.ingest.validate import check_image, read_nifti, to_store_orientation
+    from action_ray.store.schema import intensity_stats
+
+    for path in paths:
+        fs, fs_path = filesystem_for(path, storage_options)
+        img, _ = read_nifti(fs, fs_path)
+        data = np.asanyarray(img.dataobj)
+        while data.ndim > 3 and data.shape[-1] == 1:
+            data = data[..., 0]
+        if data.ndim != 3:
+            raise CaseError(f"{path}: {data.ndim}-D image of shape {data.shape}; predict takes single-channel 3-D volumes")
+        image = to_store_orientation(check_image(data, path))
+        yield InputVolume(_stem(path), image, intensity_stats(image), np.asarray(img.affine, dtype=np.float64),
+                          img.header)
+
+
+def write_prediction(out_dir: str, volume: InputVolume, labels: np.ndarray, probabilities: np.ndarray | None,
+                     storage_options: Mapping[str, Any] | None = None) -> list[str]:
+    """Write ``<name>_seg.nii.gz`` (uint8) and, if given, ``<name>_prob.nii.gz`` (float32, classes last)."""
+    fs, root = filesystem_for(out_dir, storage_options)
+    fs.makedirs(root, exist_ok=True)
+    written = []
+    outputs = [(LABEL_SUFFIX, labels.astype(np.uint8, copy=False))]
+    if probabilities is not None:
+        outputs.append((PROBABILITY_SUFFIX, probabilities.astype(np.float32, copy=False)))
+    for suffix, array in outputs:
+        path = f"{root.rstrip('/')}/{volume.name}{suffix}"
+        with fs.open(path, "wb") as handle:
+            handle.write(nifti_bytes(nifti_image(to_nifti_orientation(array), volume.affine, volume.header)))
+        written.append(path if "://" not in str(out_dir) else f"{str(out_dir).split('://', 1)[0]}://{path}")
+    return written
+
+
+def _settings_for_niftis(config, storage_options, batch_size, normalization) -> InferenceSettings:
+    """Inference settings for files outside any store: the run's normalisation, resolved
+    against the *training* store's recipe when the run defers to it."""
+    from action_ray.data.streams import StreamSettings
+    from action_ray.evaluation.runs import inference_settings
+
+    explicit = normalization if normalization is not None else StreamSettings.from_config(config.data).normalization
+    if explicit is not None:
+        return inference_settings(config, None, batch_size=batch_size, normalization=explicit)
+    from action_ray.store import open_store
+
+    try:
+        meta = open_store(config.data.store, storage_options).dataset_meta if config.data.store else None
+    except Exception as exc:  # noqa: BLE001 - any failure means the same thing to the user here
+        meta = None
+        log.debug("training store unreachable: %s", exc)
+    if meta is None:
+        raise ConfigError(
+            f"the run normalises intensities with its store's recipe, but the training store "
+            f"{redact(config.data.store)!r} cannot be opened from here; pass --normalization METHOD "
+            "(percentile, window, minmax, zscore, none) matching the training data, or --store"
+        )
+    return inference_settings(config, meta, batch_size=batch_size)
+
+
+def predict_volumes(network: Network, volumes: Sequence[InputVolume] | Iterator[InputVolume],
+                    settings: InferenceSettings, out_dir: str, *, probabilities: bool = False,
+                    storage_options: Mapping[str, Any] | None = None, progress: bool = True,
+                    total: int | None = None) -> list[str]:
+    """Predict every volume and write its NIfTI outputs; returns the paths written."""
+    from tqdm import tqdm
+
+    written: list[str] = []
+    for volume in tqdm(volumes, total=total, desc="predict", unit="case", disable=not progress):
+        prediction = predict_case(network, volume.image, volume.stats, settings, case_id=volume.name,
+                                  keep_probabilities=probabilities)
+        written += write_prediction(out_dir, volume, prediction.labels, prediction.probabilities, storage_options)
+    return written
+
+
+def predict_cases(
+    checkpoint: str,
+    out_dir: str,
+    *,
+    store_url: str | None = None,
+    split: str | None = None,
+    cases: Sequence[str] | None = None,
+    niftis: Sequence[str] | None = None,
+    probabilities: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    device: str = "cpu",
+    batch_size: int | None = None,
+    progress: bool = True,
+    normalization: str | None = None,
+) -> list[str]:
+    """Write NIfTI label maps (uint8, the source's affine) for store cases or NIfTI files.
+
+    checkpoint: a run directory (its last checkpoint is used) or a checkpoint directory, local
+    or ``s3://``. Give either ``store_url`` (with ``cases`` ids, or every case of ``split``,
+    or every case) or ``niftis`` (paths or URLs). ``normalization`` overrides the intensity
+    normalisation method (only needed for NIfTI inputs when the training store is unreachable).
+    Returns the written paths: ``<out_dir>/<case>_seg.nii.gz`` and, with ``probabilities``,
+    ``<case>_prob.nii.gz``.
+    """
+    from action_ray.evaluation.runs import inference_settings, load_student, resolve_checkpoint
+
+    if (store_url is None) == (not niftis):
+        raise ConfigError("predict needs either --store STORE (optionally --split/--cases) or NIfTI files, not both")
+    if store_url is None and (split or cases):
+        raise ConfigError("--split and --cases select store cases; they need --store")
+    options = dict(storage_options or {}) or None
+    student = load_student(resolve_checkpoint(str(checkpoint), "last", options), device, options)
+    if store_url is not None:
+        from action_ray.store import open_store
+
+        store = open_store(store_url, options)
+        ids = list(cases) if cases else [c.case_id for c in store.list_cases(split=split)]
+        if not ids:
+            raise ConfigError(f"store {redact(store_url)} has no complete case" + (f" in split {split!r}" if split else ""))
+        settings = inference_settings(student.config, store.dataset_meta, batch_size=batch_size,
+                                      normalization=normalization)
+        volumes: Iterator[InputVolume] = store_volumes(store, ids)
+        total = len(ids)
+    else:
+        settings = _settings_for_niftis(student.config, options, batch_size, normalization)
+        volumes = nifti_volumes(list(niftis or []), options)
+        total = len(niftis or [])
+    return predict_volumes(student.network, volumes, settings, str(out_dir), probabilities=probabilities,
+                           storage_options=options, progress=progress, total=total)
