@@ -361,8 +361,10 @@ def _heart_reach(s: _Subject) -> float:
     """Radius (mm) around the heart centre outside which no heart tissue can appear."""
     outer = s.frames["ED"].cavity_radius + s.frames["ED"].wall
     reach = max(1.25 * outer * np.sqrt(s.ecc), s.rv_offset + max(s.rv_tangential, s.rv_radial))
-    reach += 12.0 + s.fat_thickness * 2 + 0.1 * float(s.slice_depths[-1]) + 8.0
-    return reach
+    # Free wall, atria, fat, then the largest per-slice displacement (axis drift + breath hold).
+    drift = float(np.hypot(*s.axis_drift)) * float(np.abs(s.slice_depths).max())
+    shift = float(np.hypot(s.breath_shifts[:, 0], s.breath_shifts[:, 1]).max())
+    return reach + 12.0 + 2 * s.fat_thickness + drift + shift + 4.0
 
 
 def _render_frame(s: _Subject, name: str, thorax: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
