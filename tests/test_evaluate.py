@@ -1,0 +1,261 @@
+"""`action-ray evaluate`: checkpoint choice, inference on the training data path, reports.
+
+A tiny store (a few 4 x 24 x 20 cases, spacing (6, 1.5, 1.25) mm) and a tiny untrained run
+(the cpu-preset student saved with the checkpoint module) keep every test to seconds; stub
+networks with known outputs make the inference checks exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from action_ray.config import load_config
+from action_ray.data.normalize import NormalizationSpec
+from action_ray.errors import ConfigError
+from action_ray.evaluation import evaluate_run
+from action_ray.evaluation.evaluate import score_cases
+from action_ray.evaluation.inference import (
+    InferenceSettings,
+    predict_case,
+    predict_sliding_window,
+    predict_slices,
+    window_origins,
+)
+from action_ray.evaluation.report import CSV_COLUMNS, build_summary, case_rows, write_reports
+from action_ray.evaluation.runs import inference_settings, load_student, resolve_checkpoint
+from action_ray.metrics import case_metrics
+from action_ray.store import CaseMeta, create_store
+
+CLASSES = {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
+SHAPE = (4, 24, 20)  # (Z, Y, X)
+SPACING = (6.0, 1.5, 1.25)
+
+
+def phantom(seed: int, shape=SHAPE, classes: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Nested boxes of classes 1..classes-1 (image intensity 100 * class + noise), off-centre."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros(shape, dtype=np.uint8)
+    z, y, x = shape
+    for c in range(1, classes):
+        label[1:z - 1, 2 + 2 * c:y - 2 - c, 3 + c:x - 2 - 2 * c] = c
+    image = (100.0 * label + rng.normal(0.0, 5.0, size=shape)).astype(np.float32)
+    return image, label
+
+
+def make_store(root: Path, cases: dict[str, tuple[str, np.ndarray, np.ndarray | None]]):
+    """A local store with ``{case_id: (split, image, label or None)}``."""
+    store = create_store(str(root), name="tiny", modality="MR", layout="folder", classes=CLASSES)
+    for case_id, (split, image, label) in cases.items():
+        affine = np.diag([SPACING[2], SPACING[1], SPACING[0], 1.0])
+        store.write_case(CaseMeta(case_id, f"p-{case_id}", split, SPACING, affine.tolist(), {"image": case_id}),
+                         image, label)
+    return store
+
+
+def tiny_config(store_url: str, **overrides: str):
+    pairs = [f"data.store={store_url}", "data.slice_size=32", *(f"{k}={v}" for k, v in overrides.items())]
+    return load_config("cpu-demo", pairs)
+
+
+def save_run(run_dir: Path, config, subdir: str = "stages/ft", num_classes: int = 4, step: int = 7) -> Path:
+    """A run directory with an untrained FT checkpoint written by the checkpoint module."""
+    from action_ray.train.checkpoint import Checkpoint, DataPosition, capture_rng, save_checkpoint
+    from action_ray.train.state import build_state
+
+    state = build_state(config, num_classes, "cpu", "ft", rank=0)
+    checkpoint = Checkpoint(stage="ft", step=step, train_state=state.state_dict(), rank_rng=[capture_rng()],
+                            data_position=DataPosition(), config=config.to_dict(), label_split="{}",
+                            stage_done=True)
+    save_checkpoint(str(run_dir / subdir), checkpoint)
+    config.dump(str(run_dir / "config.yaml"))
+    return run_dir / subdir
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(store, run_dir): 3 labelled test cases, 1 unlabelled test case, 1 val case."""
+    root = tmp_path_factory.mktemp("eval")
+    cases = {f"t{i}": ("test", *phantom(i)) for i in range(3)}
+    image, label = phantom(10)
+    label[label == 3] = 2  # a case without class 3 in its ground truth
+    cases["t-nolv"] = ("test", image, label)
+    cases["t-unlabelled"] = ("test", phantom(11)[0], None)
+    cases["v0"] = ("val", *phantom(20))
+    store = make_store(root / "store.zarr", cases)
+    config = tiny_config(store.url)
+    run_dir = root / "run"
+    save_run(run_dir, config)
+    return store, run_dir
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _float(cell: str) -> float:
+    return math.nan if cell == "" else float(cell)
+
+
+# ------------------------------------------------------------------------------ end to end
+def test_evaluate_writes_reports_matching_recomputed_metrics(tiny, tmp_path):
+    store, run_dir = tiny
+    out = tmp_path / "out"
+    summary = evaluate_run(run_dir, store.url, out_dir=out, progress=False)
+
+    for name in ("metrics.csv", "summary.json", "summary.md", "overlays.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "overlays.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = read_csv(out / "metrics.csv")
+    assert tuple(rows[0].keys()) == CSV_COLUMNS
+    scored = ["t-nolv", "t0", "t1", "t2"]
+    assert len(rows) == len(scored) * 3  # labelled test cases x foreground classes
+    assert sorted({r["case"] for r in rows}) == scored
+    assert summary["skipped_unlabelled"] == ["t-unlabelled"]
+    assert summary["n_cases"] == 4 and summary["split"] == "test" and summary["stage"] == "ft"
+    assert json.loads((out / "summary.json").read_text())["per_class"]["2"]["name"] == "MYO"
+    assert "| **mean** |" in (out / "summary.md").read_text()
+
+    # the same student, the same settings: recompute every row with case_metrics
+    student = load_student(resolve_checkpoint(str(run_dir)))
+    settings = inference_settings(student.config, store.dataset_meta)
+    assert settings.slice_size == 32 and settings.image_interpolation == "bicubic"
+    for case_id in scored:
+        info = store.case(case_id)
+        image, gt = store.read_volume(case_id)
+        pred = predict_case(student.network, image, info.stats, settings).labels
+        expected = case_metrics(pred, gt, [1, 2, 3], spacing=SPACING)
+        got = [r for r in rows if r["case"] == case_id]
+        for want, row in zip(expected, got):
+            assert int(row["class"]) == want["class"] and row["patient"] == f"p-{case_id}"
+            assert row["class_name"] == CLASSES[want["class"]]
+            for key in ("dice", "jaccard", "hd95_mm", "asd_mm", "hd95_vox", "asd_vox"):
+                np.testing.assert_allclose(_float(row[key]), want[key], rtol=1e-9, equal_nan=True, err_msg=key)
+            assert int(row["gt_empty"]) == want["gt_empty"] and int(row["pred_voxels"]) == want["pred_voxels"]
+    lv_missing = [r for r in rows if r["case"] == "t-nolv" and r["class"] == "3"][0]
+    assert lv_missing["gt_empty"] == "1"
+
+
+def test_evaluate_cli_best_checkpoint_and_errors(tiny, tmp_path, capsys):
+    from action_ray.cli import main
+
+    store, run_dir = tiny
+    out = tmp_path / "cli"
+    # no best checkpoint kept -> a one-line error naming what to do
+    assert main(["evaluate", str(run_dir), "--store", store.url, "--checkpoint", "best", "--out", str(out)]) == 2
+    assert "no best-on-validation checkpoint" in capsys.readouterr().err
+    best = tmp_path / "run-with-best"
+    config = tiny_config(store.url)
+    save_run(best, config)
+    save_run(best, config, subdir="best", step=3)
+    code = main(["evaluate", str(best), "--store", store.url, "--checkpoint", "best", "--split", "val",
+                 "--empty", "action", "--out", str(out), "--no-progress"])
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["step"] == 3 and summary["checkpoint"].endswith("best") and summary["empty"] == "action"
+    assert summary["split"] == "val" and summary["n_cases"] == 1
+    assert "Evaluation: val split" in capsys.readouterr().out
+    assert resolve_checkpoint(str(best), "last").endswith("stages/ft")
+    assert resolve_checkpoint(str(run_dir), str(run_dir / "stages" / "ft")) == str(run_dir / "stages" / "ft")
+    with pytest.raises(ConfigError, match="no run or checkpoint"):
+        resolve_checkpoint(str(tmp_path / "missing"))
+
+
+# --------------------------------------------------------------------- exact stub networks
+class LabelFromIntensity(torch.nn.Module):
+    """Logits that make argmax = round(x / 100): exact on the phantom's intensities."""
+
+    def __init__(self, num_classes: int = 4) -> None:
+        super().__init__()
+        self.register_buffer("centres", torch.arange(num_classes, dtype=torch.float32) * 100.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return -((x - self.centres.view(shape)) ** 2) / 100.0
+
+
+def test_perfect_prediction_scores_one_through_the_reporting_path(tiny, tmp_path):
+    store, _ = tiny
+    cases = [store.case(c) for c in ("t0", "t1", "t-unlabelled")]
+    # a 3-D window of a pointwise stub is exact (no resize), so the prediction is the ground truth
+    settings = InferenceSettings(dims=3, normalization=NormalizationSpec("none"), window=(4, 16, 16), stride=(2, 8, 8))
+    classes = {1: "RV", 2: "MYO", 3: "LV"}
+    scored = score_cases(LabelFromIntensity(), store, cases, settings, classes, progress=False)
+    assert scored.skipped_unlabelled == ["t-unlabelled"]
+    assert [r["dice"] for r in scored.rows] == [1.0] * 6
+    assert all(r["hd95_mm"] == 0.0 and r["asd_vox"] == 0.0 for r in scored.rows)
+    summary = build_summary(scored.rows, classes, {"split": "test"})
+    write_reports(str(tmp_path), scored.rows, summary)
+    rows = read_csv(tmp_path / "metrics.csv")
+    assert [float(r["dice"]) for r in rows] == [1.0] * 6
+    assert summary["overall"]["dice"] == 1.0 and summary["overall"]["pooled_dice"] == 1.0
+    assert len(scored.montage) == 2
+
+
+def test_empty_mask_conventions_reach_the_csv(tmp_path):
+    gt = np.zeros((3, 8, 8), dtype=np.uint8)
+    gt[1, 2:5, 2:5] = 1
+    pred = np.zeros_like(gt)
+    pred[1, 2:5, 2:6] = 1
+    pred[0, 0, 0] = 2  # class 2: false alarm in a case without it; class 3: absent in both
+    classes = {1: "a", 2: "b", 3: "c"}
+    for empty, expected in (("strict", {"2": ("0.0", ""), "3": ("1.0", "0.0")}),
+                            ("action", {"2": ("1.0", "0.0"), "3": ("0.0", "0.0")})):
+        rows = case_rows("c1", "p1", pred, gt, classes, (2.0, 1.0, 1.0), empty)
+        out = tmp_path / empty
+        write_reports(str(out), rows, build_summary(rows, classes, {"empty": empty}))
+        by_class = {r["class"]: r for r in read_csv(out / "metrics.csv")}
+        for c, (dice, hd95) in expected.items():
+            assert (by_class[c]["dice"], by_class[c]["hd95_mm"]) == (dice, hd95), (empty, c)
+        assert by_class["2"]["gt_empty"] == "1" and by_class["2"]["pred_empty"] == "0"
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["empty"] == empty
+        if empty == "strict":  # the undefined distance is excluded and counted, never NaN in JSON
+            assert summary["per_class"]["2"]["hd95_mm"] is None
+            assert summary["per_class"]["2"]["excluded"]["hd95_mm"] == 1
+
+
+def test_slicewise_inference_resizes_probabilities_back_to_the_native_grid():
+    image, label = phantom(3)
+    # a network that only sees what it is given: on the training grid it is exact
+    exact = predict_slices(LabelFromIntensity(), image, (24, 20), batch_size=3).labels
+    np.testing.assert_array_equal(exact, label)
+    resized = predict_slices(LabelFromIntensity(), image, 32, batch_size=3, keep_probabilities=True)
+    assert resized.labels.shape == label.shape and resized.probabilities.shape == (4, *label.shape)
+    np.testing.assert_allclose(resized.probabilities.sum(axis=0), 1.0, atol=1e-5)
+    assert (resized.labels == label).mean() > 0.95  # only box borders may move by the round trip
+
+
+def test_sliding_window_equals_whole_volume_for_a_translation_equivariant_model():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 6, 1), torch.nn.Tanh(), torch.nn.Conv3d(6, 3, 1)).eval()
+    volume = np.random.default_rng(0).normal(size=(5, 21, 13)).astype(np.float32)
+    windowed = predict_sliding_window(model, volume, window=(8, 8, 8), stride=(4, 3, 5), batch_size=5,
+                                      keep_probabilities=True)
+    with torch.no_grad():
+        whole = torch.softmax(model(torch.from_numpy(volume)[None, None]), dim=1)[0].numpy()
+    np.testing.assert_allclose(windowed.probabilities, whole, atol=1e-6)
+    np.testing.assert_array_equal(windowed.labels, whole.argmax(axis=0))
+    assert window_origins(21, 8, 3) == [0, 3, 6, 9, 12, 13] and window_origins(5, 8, 4) == [0]
+
+
+def test_sliding_window_pads_centred_and_counts_every_window():
+    seen: list[tuple[int, ...]] = []
+
+    def first_window_marks(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape))
+        # class 1 wins only where the input is non-zero: padding must not shift the volume
+        return torch.cat([torch.zeros_like(x), x], dim=1)
+
+    volume = np.zeros((3, 10, 10), dtype=np.float32)
+    volume[1, 2, 7] = 1.0  # one asymmetric voxel
+    result = predict_sliding_window(first_window_marks, volume, window=(8, 8, 8), stride=(8, 2, 2))
+    assert all(shape[2:] == (8, 8, 8) for shape in seen)
+    assert np.argwhere(result.labels).tolist() == [[1, 2, 7]]
