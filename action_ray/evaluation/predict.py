@@ -59,7 +59,8 @@ def nifti_image(data_xyz: np.ndarray, affine: np.ndarray, source_header: Any = N
     """A NIfTI-1 image of ``data_xyz`` with ``affine`` as both qform and sform.
 
     With a source header, its qform/sform codes and spatial units are kept (a scanner-frame
-    input stays scanner-frame); otherwise code 1 (scanner) and millimetres.
+    input stays scanner-frame); otherwise, and for codes/units the source leaves unset,
+    code 1 (scanner) and millimetres (what every NIfTI reader assumes anyway).
     """
     import nibabel as nib
 
@@ -70,7 +71,8 @@ def nifti_image(data_xyz: np.ndarray, affine: np.ndarray, source_header: Any = N
     if source_header is not None:
         qcode = int(source_header["qform_code"]) or 1
         scode = int(source_header["sform_code"]) or 1
-        units = source_header.get_xyzt_units()[0] or "mm"
+        source_units = source_header.get_xyzt_units()[0]
+        units = source_units if source_units not in ("unknown", None, "") else "mm"
     image.set_qform(affine, code=qcode)
     image.set_sform(affine, code=scode)
     image.header.set_xyzt_units(xyz=units)
