@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import numpy as np
 import pytest
 
 from action_ray.data.splits import label_split
@@ -26,6 +25,9 @@ def ray_cluster():
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    # two concurrent read tasks: on a 2-core runner more only adds worker start-ups (each
+    # imports numpy/zarr/torch once) without adding throughput
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(cpu=2)
     yield ray
     ray.shutdown()
 

@@ -23,6 +23,9 @@ Unlabelled data: a datasource built with ``with_label=False`` has **no** ``label
 unlabelled stream never reads label chunks). If ``with_label=True`` and some case has no label,
 its rows carry :data:`IGNORE_LABEL` (255) everywhere, so the column stays present and uint8.
 No string columns: case IDs travel as int32 indices into ``case_table``.
+
+Credentials: ``storage_options`` travel inside every read task (they are pickled with it).
+Prefer the AWS environment variables or an instance role, exported before ``ray.init``.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from action_ray.data.normalize import NormalizationSpec, normalize_array, resolve_spec
-from action_ray.data.patches import axis_origins, patch_origins  # noqa: F401 - axis_origins re-exported
+from action_ray.data.patches import patch_origins
 from action_ray.data.resize import IMAGE_MODES, resize_slices
 from action_ray.errors import ConfigError
 

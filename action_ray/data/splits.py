@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Protocol, Sequence
 
 from action_ray.errors import ConfigError
 
