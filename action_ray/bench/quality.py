@@ -1,0 +1,201 @@
+"""The shape of the paper's table on the cardiac phantom: methods × label amounts, test Dice/HD95.
+
+``action-ray bench quality --profile quick --out DIR`` builds a phantom store (synth → ingest,
+skipped when already there), runs the ``tune-quality-<profile>`` sweep (FIFO: every cell is
+needed; 2+ labelled-subset draws per cell) and prints, per label amount (1 patient, ≈5 %,
+≈10 %, 100 %) and method, the test-split Dice and HD95 (mm) as mean ± sd over draws, per class
+and averaged, with the exact command and its wall time. The test split is evaluated once per
+finished trial and never used for selection (method.md A3).
+
+Profiles (phantom count and size here; training sizes in the sweep presets):
+
+* ``smoke`` – plumbing check in minutes: 2 methods × 2 label amounts × 1 draw, tiny iterations;
+* ``quick`` – the full grid on 2 CPU cores (64² slices, cpu UNet); see docs/tune.md for time;
+* ``full`` – the paper's protocol on GPUs (100 patients at 256², 30 000 iterations per stage).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from action_ray.errors import ActionRayError
+
+
+@dataclass(frozen=True)
+class QualityProfile:
+    """Phantom collection and sweep of one profile."""
+
+    patients: int
+    size: int
+    sweep: str
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+
+SMOKE_ARMS = ("{grid_search: [{method: supervised, data.labelled_patients: 1}, "
+              "{method: action, data.labelled_patients: 1}, {method: supervised, data.label_ratio: 0.25}, "
+              "{method: action, data.label_ratio: 0.25}]}")
+
+PROFILES: dict[str, QualityProfile] = {
+    "smoke": QualityProfile(16, 128, "tune-quality-quick", (
+        f"space.arm={SMOKE_ARMS}", "space.draw={train.seed: 0, data.split_seed: 0}",
+        "schedule.p1.iterations=20", "schedule.p2.iterations=20", "schedule.ft.iterations=40",
+        "train.report_every=20", "train.checkpoint_every=40")),
+    "quick": QualityProfile(57, 128, "tune-quality-quick"),
+    "full": QualityProfile(100, 256, "tune-quality-full"),
+}
+
+METHOD_COLUMNS = ("supervised", "mean_teacher", "action")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
+                        help="smoke (minutes), quick (2 CPU cores, <= 60 min), full (GPUs)")
+    parser.add_argument("--out", default="bench-quality", help="phantoms, store and sweep go here")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="synth/ingest processes")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="sweep or training overrides, as for action-ray tune")
+
+
+# ------------------------------------------------------------------------------- phantoms
+def ensure_phantom_store(out: str, patients: int, size: int, workers: int) -> str:
+    """Synthesise ``patients`` cardiac phantoms and ingest them (both steps resume/skip)."""
+    from action_ray.cli import main as cli_main
+
+    raw = os.path.join(out, f"phantoms-{patients}x{size}")
+    store = os.path.join(out, f"cardiac-{patients}x{size}.zarr")
+    steps = (
+        ["synth", "cardiac", "--out", raw, "--cases", str(patients), "--size", str(size), "--workers", str(workers)],
+        ["ingest", raw, store, "--layout", "acdc", "--recipe", "phantom-cardiac", "--workers", str(workers)],
+    )
+    for argv in steps:
+        code = cli_main(argv)
+        if code:
+            raise ActionRayError(f"`action-ray {shlex.join(argv)}` exited with {code}")
+    return store
+
+
+# ---------------------------------------------------------------------------------- table
+def label_row(row: Mapping[str, Any]) -> str:
+    """The paper's row name of a trial: ``1 patient``, ``5 %``, ``10 %``, ``100 %``."""
+    patients = row.get("data.labelled_patients")
+    if patients is not None and not (isinstance(patients, float) and math.isnan(patients)):
+        return f"{int(patients)} patient" + ("s" if int(patients) != 1 else "")
+    return f"{float(row['data.label_ratio']) * 100:g} %"
+
+
+def _cell(values: Sequence[float], scale: float) -> str:
+    from action_ray.tuning.results import fmt_mean_sd, mean_sd
+
+    return fmt_mean_sd(mean_sd(values), scale)
+
+
+def class_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Foreground classes found in the trials' ``test_dice_<name>`` columns, in first-seen order."""
+    names: list[str] = []
+    for row in rows:
+        for key in row:
+            if key.startswith("test_dice_") and key[len("test_dice_"):] not in names:
+                names.append(key[len("test_dice_"):])
+    return names
+
+
+def quality_tables(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown: the paper-shaped Dice / HD95 table (rows label amounts, columns methods), then
+    per-class Dice and HD95 per (label amount, method). Only finished trials count."""
+    done = [r for r in rows if r.get("status") == "done" and "test_dice" in r]
+    by_cell: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for row in done:
+        by_cell.setdefault((label_row(row), str(row.get("method"))), []).append(row)
+    labels = sorted({k[0] for k in by_cell}, key=_label_order)
+    methods = [m for m in METHOD_COLUMNS if any(k[1] == m for k in by_cell)]
+    methods += sorted({k[1] for k in by_cell} - set(methods))
+    lines = ["Test split, mean ± sd over labelled-subset draws (n per cell in brackets). "
+             "Dice in %, HD95 in mm (mean of the foreground classes).", "",
+             "| labelled | " + " | ".join(f"{m} Dice / HD95" for m in methods) + " |",
+             "|---|" + "---:|" * len(methods)]
+    for label in labels:
+        cells = []
+        for method in methods:
+            members = by_cell.get((label, method), [])
+            if not members:
+                cells.append("–")
+                continue
+            dice = _cell([m["test_dice"] for m in members], 100.0)
+            hd95 = _cell([m.get("test_hd95_mm", math.nan) for m in members], 1.0)
+            cells.append(f"{dice} / {hd95} ({len(members)})")
+        facts = next(iter(by_cell.get((label, methods[0]), []) or
+                          [m for k, ms in by_cell.items() if k[0] == label for m in ms]), {})
+        shown = f"{label} ({facts.get('labelled_patients', '?')}/{facts.get('train_patients', '?')})"
+        lines.append(f"| {shown} | " + " | ".join(cells) + " |")
+    classes = class_names(done)
+    lines += ["", "Per class (test): Dice % and HD95 mm, mean ± sd.", "",
+              "| labelled | method | " + " | ".join(f"Dice {c}" for c in classes)
+              + " | " + " | ".join(f"HD95 {c}" for c in classes) + " |",
+              "|---|---|" + "---:|" * (2 * len(classes))]
+    for label in labels:
+        for method in methods:
+            members = by_cell.get((label, method), [])
+            if not members:
+                continue
+            dice = [_cell([m.get(f"test_dice_{c}", math.nan) for m in members], 100.0) for c in classes]
+            hd95 = [_cell([m.get(f"test_hd95_mm_{c}", math.nan) for m in members], 1.0) for c in classes]
+            lines.append(f"| {label} | {method} | " + " | ".join(dice + hd95) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _label_order(name: str) -> float:
+    if name.endswith("%"):
+        return float(name.split()[0])
+    return -1.0 / float(name.split()[0])  # patients first (fewest first)
+
+
+def timing_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Mean wall seconds per finished trial and method (training incl. Ray start-up; test eval)."""
+    from action_ray.tuning.results import mean_sd
+
+    lines = []
+    for method in sorted({str(r.get("method")) for r in rows}):
+        members = [r for r in rows if r.get("method") == method and r.get("status") == "done"]
+        train, _, n = mean_sd(r.get("train_seconds", math.nan) for r in members)
+        test, _, _ = mean_sd(r.get("test_seconds", math.nan) for r in members)
+        if n:
+            lines.append(f"- {method}: {train:.0f} s training per trial (incl. Ray start-up and validation), "
+                         f"{test:.0f} s test evaluation, {n} trial(s)")
+    return lines
+
+
+# ------------------------------------------------------------------------------------ run
+def run(args: argparse.Namespace) -> int:
+    from action_ray.tuning.driver import run_sweep
+    from action_ray.tuning.space import load_sweep
+
+    profile = PROFILES[args.profile]
+    started = time.perf_counter()
+    out = os.path.abspath(args.out)
+    store = ensure_phantom_store(out, profile.patients, profile.size, args.workers)
+    prepared = time.perf_counter() - started
+    sweep = load_sweep(profile.sweep, [f"data.store={store}", f"tune.storage_path={out}",
+                                       f"tune.name=quality-{args.profile}", *profile.overrides,
+                                       *(args.overrides or ())])
+    command = "action-ray bench quality " + shlex.join(sys.argv[3:] if len(sys.argv) > 3 else [])
+    outcome = run_sweep(sweep, command=command)
+    total = time.perf_counter() - started
+    report = "\n".join([
+        f"# bench quality ({args.profile}): cardiac phantoms, {profile.patients} patients at {profile.size}²",
+        "", f"Command: `{command.strip()}`",
+        f"Wall time: {total / 60:.1f} min (phantoms + store {prepared / 60:.1f} min, sweep "
+        f"{outcome.seconds / 60:.1f} min, {len(outcome.rows)} trials).", "",
+        quality_tables(outcome.rows), "Per-trial cost:", *timing_lines(outcome.rows), "",
+        f"Trials, validation curves and plots: {outcome.sweep_dir}", ""])
+    print(report)
+    with open(os.path.join(outcome.sweep_dir, "quality.md"), "w") as handle:
+        handle.write(report)
+    failed = [r for r in outcome.rows if r.get("status") == "error"]
+    return 1 if failed else 0
