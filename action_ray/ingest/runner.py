@@ -141,9 +141,25 @@ def ingest_case(task: CaseTask) -> CaseResult:
 
 
 # ------------------------------------------------------------------------------- driver side
+def recipe_hint(options: IngestOptions) -> str | None:
+    """The recipe named by an ``action-ray-recipe.txt`` at the source root, if there is one.
+
+    ``action-ray synth`` writes it, so phantoms in ACDC/LiTS layout are ingested with their own
+    recipe (classes, normalisation, seeded 70/10/20 split) and not with the real dataset's.
+    """
+    from action_ray.synth.command import RECIPE_HINT_FILE
+
+    fs, root = filesystem_for(options.src, options.storage_options)
+    try:
+        text = fs.cat_file(f"{root.rstrip('/')}/{RECIPE_HINT_FILE}").decode().strip()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    return text or None
+
+
 def resolve_recipe(options: IngestOptions) -> Recipe:
-    """The recipe named by ``--recipe``, else the layout's default (folder needs one)."""
-    name = options.recipe or DEFAULT_RECIPE_FOR_LAYOUT.get(options.layout)
+    """The recipe named by ``--recipe``, else the source's hint file, else the layout's default."""
+    name = options.recipe or recipe_hint(options) or DEFAULT_RECIPE_FOR_LAYOUT.get(options.layout)
     if name is None:
         raise ActionRayError(f"--layout {options.layout} needs --recipe NAME|PATH (classes, modality) — "
                              "e.g. copy datasets/lits/recipe.yaml and edit its classes")
@@ -217,7 +233,7 @@ def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> In
             tasks.append(CaseTask(options.src, options.dst, options_json, case, splits[case.patient_id],
                                   tuple(classes.items()), chunking, options.overwrite, options.affine_tolerance_mm))
     n_complete = len(existing)
-    say(f"{len(collection.cases)} cases found ({options.layout}); {n_complete} cases already complete; "
+    say(f"{len(collection.cases)} cases found ({options.layout}, recipe {recipe.name}); {n_complete} cases already complete; "
         f"{len(tasks)} to ingest with {options.workers} {options.scheduler} worker(s)")
     if tasks:
         delayed = [dask.delayed(ingest_case, pure=False)(task) for task in tasks]

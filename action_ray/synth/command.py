@@ -15,6 +15,11 @@ from action_ray.errors import ActionRayError
 
 KINDS = ("cardiac", "liver")
 
+#: A file at the collection root naming its dataset recipe; ``action-ray ingest`` reads it, so
+#: phantoms get their own classes, normalisation and 70/10/20 split rather than real ACDC's.
+RECIPE_HINT_FILE = "action-ray-recipe.txt"
+RECIPE_FOR_KIND = {"cardiac": "phantom-cardiac", "liver": "phantom-liver"}
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS, help="cardiac -> ACDC layout, liver -> LiTS layout")
@@ -114,6 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
     out = _check_args(args)
     _remove_stale_parts(out)
+    from action_ray.synth.layouts import write_atomic
+
+    write_atomic(out / RECIPE_HINT_FILE, (RECIPE_FOR_KIND[args.kind] + "\n").encode())
     pending = [i for i in range(args.cases) if not _is_complete(args.kind, out, i)]
     skipped = args.cases - len(pending)
     unit = "patient" if args.kind == "cardiac" else "volume"
