@@ -259,3 +259,25 @@ def test_sliding_window_pads_centred_and_counts_every_window():
     result = predict_sliding_window(first_window_marks, volume, window=(8, 8, 8), stride=(8, 2, 2))
     assert all(shape[2:] == (8, 8, 8) for shape in seen)
     assert np.argwhere(result.labels).tolist() == [[1, 2, 7]]
+
+
+def test_3d_run_evaluates_with_the_configured_sliding_window(tiny, tmp_path):
+    """A 3-D run: window and stride come from eval.window / eval.stride (store axis order)."""
+    store, _ = tiny
+    config = load_config("la-3d", [f"data.store={store.url}", "model.preset=cpu", "data.patch_size=[16,16,16]",
+                                   "eval.window=[16,16,16]", "eval.stride=[8,8,8]", "model.cut_size=8",
+                                   "model.cut_stride=4", "model.local_pooling=2", "train.use_gpu=false"])
+    run_dir = tmp_path / "run3d"
+    save_run(run_dir, config)
+    student = load_student(resolve_checkpoint(str(run_dir)))
+    settings = inference_settings(student.config, store.dataset_meta, batch_size=2)
+    assert student.network.dims == 3
+    assert (settings.dims, settings.window, settings.stride, settings.batch_size) == (3, (16, 16, 16), (8, 8, 8), 2)
+    summary = evaluate_run(run_dir, store.url, split="val", out_dir=tmp_path / "out3d", batch_size=2, progress=False)
+    assert summary["inference"]["window"] == [16, 16, 16] and summary["n_cases"] == 1
+    info = store.case("v0")
+    image, gt = store.read_volume("v0")
+    pred = predict_case(student.network, image, info.stats, settings).labels
+    want = case_metrics(pred, gt, [1, 2, 3], spacing=SPACING)
+    rows = read_csv(tmp_path / "out3d" / "metrics.csv")
+    np.testing.assert_allclose([float(r["dice"]) for r in rows], [w["dice"] for w in want])
