@@ -85,12 +85,11 @@ def test_synth_cli_workers_give_identical_bytes_and_resume_skips(tmp_path, kind,
     assert main(["synth", kind, "--out", str(one), "--cases", "2", "--workers", "1", "--seed", "4"]) == 0
     assert main(["synth", kind, "--out", str(two), "--cases", "2", "--workers", "2", "--seed", "4"]) == 0
     first = _tree(one)
-    assert len(first) == (10 if kind == "cardiac" else 4)
+    assert len(first) == (11 if kind == "cardiac" else 5)  # + the recipe hint
     assert first == _tree(two)
 
     # Resume: a complete case is never rewritten; a case with a missing file is regenerated.
-    files = sorted(p for p in one.rglob("*") if p.is_file())
-    kept = files[0] if kind == "liver" else one / "training" / "patient001" / "Info.cfg"
+    kept = one / "volume-0.nii" if kind == "liver" else one / "training" / "patient001" / "Info.cfg"
     kept_stat = kept.stat().st_mtime_ns
     if kind == "cardiac":
         missing = next((one / "training" / "patient002").glob("*_gt.nii.gz"))
@@ -124,7 +123,7 @@ def test_synth_cli_removes_parts_left_by_a_killed_run(tmp_path):
     stale = tmp_path / ".volume-0.nii.12345.part"
     stale.write_bytes(b"half a file")
     assert main(["synth", "liver", "--out", str(tmp_path), "--cases", "1", "--workers", "1"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["segmentation-0.nii", "volume-0.nii"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["action-ray-recipe.txt", "segmentation-0.nii", "volume-0.nii"]
 
 
 def test_bench_phantoms_prints_measurements_next_to_targets(capsys):

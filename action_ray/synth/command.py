@@ -121,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
     _remove_stale_parts(out)
     from action_ray.synth.layouts import write_atomic
 
-    write_atomic(out / RECIPE_HINT_FILE, (RECIPE_FOR_KIND[args.kind] + "\n").encode())
+    hint = (RECIPE_FOR_KIND[args.kind] + "\n").encode()
+    hint_path = out / RECIPE_HINT_FILE
+    if not hint_path.exists() or hint_path.read_bytes() != hint:
+        write_atomic(hint_path, hint)
     pending = [i for i in range(args.cases) if not _is_complete(args.kind, out, i)]
     skipped = args.cases - len(pending)
     unit = "patient" if args.kind == "cardiac" else "volume"
