@@ -21,12 +21,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="last (default: final FT checkpoint), best (chosen on validation), or a path")
     parser.add_argument("--empty", choices=["strict", "action"], default="strict",
                         help="empty-mask convention (docs/metrics.md); 'action' reproduces the papers")
+    add_inference_arguments(parser)
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``evaluate`` and ``predict``: batch size, device, progress, storage."""
     parser.add_argument("--batch-size", type=int, default=None,
                         help="slices (2-D) or windows (3-D) per forward pass (default: eval.batch_size)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--storage-option", action="append", default=[], metavar="K=V",
-                        help="fsspec storage option for s3:// URLs (repeatable)")
+                        help="fsspec storage option for s3:// URLs, e.g. endpoint_url=... (repeatable)")
 
 
 def run(args: argparse.Namespace) -> int:

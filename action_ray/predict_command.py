@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from action_ray.evaluate_command import add_inference_arguments
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", help="run directory (uses its last checkpoint) or checkpoint directory; local or s3://")
@@ -21,11 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--normalization", default=None,
                         choices=["percentile", "window", "minmax", "zscore", "none"],
                         help="override the intensity normalisation (NIfTI inputs when the training store is unreachable)")
-    parser.add_argument("--batch-size", type=int, default=None, help="slices or windows per forward pass")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--storage-option", action="append", default=[], metavar="K=V",
-                        help="fsspec storage option for s3:// URLs (repeatable)")
+    add_inference_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,7 +26,6 @@ from action_ray.evaluation.inference import (
     predict_case,
     predict_sliding_window,
     predict_slices,
-    window_origins,
 )
 from action_ray.evaluation.report import CSV_COLUMNS, build_summary, case_rows, write_reports
 from action_ray.evaluation.runs import inference_settings, load_student, resolve_checkpoint
@@ -243,7 +242,6 @@ def test_sliding_window_equals_whole_volume_for_a_translation_equivariant_model(
         whole = torch.softmax(model(torch.from_numpy(volume)[None, None]), dim=1)[0].numpy()
     np.testing.assert_allclose(windowed.probabilities, whole, atol=1e-6)
     np.testing.assert_array_equal(windowed.labels, whole.argmax(axis=0))
-    assert window_origins(21, 8, 3) == [0, 3, 6, 9, 12, 13] and window_origins(5, 8, 4) == [0]
 
 
 def test_sliding_window_pads_centred_and_counts_every_window():

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from action_ray.data.normalize import NormalizationSpec, normalize_array
+from action_ray.data.patches import patch_origins
 from action_ray.data.resize import resize_slices
 from action_ray.errors import ConfigError
 
@@ -139,20 +140,6 @@ def predict_slices(
 
 
 # ------------------------------------------------------------------------------------ 3-D
-def window_origins(length: int, window: int, stride: int) -> list[int]:
-    """Window starts covering ``[0, length)``: every ``stride``, plus one flush with the end.
-
-    The same grid as the training patch reader (``data.source.axis_origins``); a length not
-    above the window gives the single origin 0.
-    """
-    if length <= window:
-        return [0]
-    origins = list(range(0, length - window + 1, stride))
-    if origins[-1] != length - window:
-        origins.append(length - window)
-    return origins
-
-
 def centred_padding(shape: Sequence[int], window: Sequence[int]) -> list[tuple[int, int]]:
     """Per-axis (before, after) zero padding that centres ``shape`` in at least ``window``."""
     pads = []
@@ -186,10 +173,7 @@ def predict_sliding_window(
     stride = tuple(int(s) for s in stride)
     pads = centred_padding(volume.shape, window)
     padded = np.pad(volume.astype(np.float32, copy=False), pads, mode="constant", constant_values=0.0)
-    grid = [(z, y, x)
-            for z in window_origins(padded.shape[0], window[0], stride[0])
-            for y in window_origins(padded.shape[1], window[1], stride[1])
-            for x in window_origins(padded.shape[2], window[2], stride[2])]
+    grid = patch_origins(padded.shape, window, stride)  # the training patch grid
     device = _device_of(network)
     source = torch.from_numpy(padded).to(device)
     total: torch.Tensor | None = None                                            # (C, *padded)
