@@ -19,6 +19,10 @@ def test_cardiac_phantoms_ingest_with_their_own_recipe_and_round_trip(tmp_path, 
 
     store = open_store(store_url)
     assert store.dataset_meta["name"] == "phantom-cardiac"
+    assert store.dataset_meta["normalisation"]["method"] == "percentile_minmax"
+    from action_ray.data.normalize import resolve_spec
+
+    assert resolve_spec(store.dataset_meta).method == "percentile"
     cases = store.list_cases()
     assert len(cases) == 20
     # 70/10/20 by patient (seeded), both frames of a patient in the same split

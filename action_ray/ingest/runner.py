@@ -213,7 +213,9 @@ def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> In
     chunking = options.chunking or recipe.chunking
 
     store = create_store(options.dst, name=collection.name or recipe.name, modality=modality, layout=options.layout,
-                         classes=classes, storage_options=options.storage_options, exist_ok=True)
+                         classes=classes, storage_options=options.storage_options, exist_ok=True,
+                         extra={"recipe": recipe.name,
+                                "normalisation": recipe.normalisation.model_dump(exclude_none=True)})
     leftovers = store.remove_incomplete()
     if leftovers:
         notes.append(f"removed {len(leftovers)} incomplete case(s) left by an interrupted run: "

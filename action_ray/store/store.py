@@ -383,8 +383,12 @@ def open_store(url: str, storage_options: dict | None = None) -> VolumeStore:
 
 
 def create_store(url: str, *, name: str, modality: str, layout: str, classes: dict[int, str],
-                 storage_options: dict | None = None, exist_ok: bool = True) -> VolumeStore:
+                 storage_options: dict | None = None, exist_ok: bool = True,
+                 extra: dict | None = None) -> VolumeStore:
     """Create a store (root + ``cases`` group), or open an existing compatible one.
+
+    ``extra`` adds JSON-able dataset metadata, e.g. the recipe name and the intensity
+    ``normalisation`` the data layer must apply (it is only written when the store is created).
 
     An existing store must have the same ``classes`` and ``layout``; otherwise a
     :class:`StoreError` names the key that differs. Safe to call from several processes.
@@ -396,6 +400,8 @@ def create_store(url: str, *, name: str, modality: str, layout: str, classes: di
     wanted = dataset_attrs(name=name, modality=modality, layout=layout, classes=classes,
                            created_by=f"action-ray {__version__}", codec=IMAGE_CODEC_NAME)
     wanted["label_codec"] = LABEL_CODEC_NAME
+    for key, value in (extra or {}).items():
+        wanted.setdefault(key, value)
     probe = VolumeStore.__new__(VolumeStore)
     probe.url, probe._storage_options = str(url).rstrip("/"), dict(storage_options or {})
     try:
