@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from action_ray.config import Config
+from action_ray.config import STAGE_ORDER, Config
 from action_ray.errors import ActionRayError, ConfigError
 from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_worker
 from action_ray.urls import filesystem_for, is_remote, redact
@@ -42,8 +42,10 @@ RAY_ENV_DEFAULTS = {
 def ensure_ray(config: Config, log: Callable[[str], None] = print) -> None:
     """Connect to ``RAY_ADDRESS`` if set, else start a local Ray sized for this run.
 
-    Locally, Ray gets at least one more CPU than the workers need, so Ray Data's read tasks
-    always find a CPU (ray-notes §3: whole-CPU workers on a 2-core machine hang).
+    Locally, Ray gets at least two more logical CPUs than the workers need (and at least twice
+    the cores), so Ray Data's read tasks always find one (ray-notes §3: whole-CPU workers on a
+    2-core machine hang); the workers are few and the read tasks short, so the logical
+    oversubscription costs nothing.
     """
     import ray
 
@@ -56,8 +58,8 @@ def ensure_ray(config: Config, log: Callable[[str], None] = print) -> None:
         ray.init(address=os.environ["RAY_ADDRESS"])
         return
     workers = max(1, config.train.num_workers)
-    needed = math.ceil(workers * config.train.cpus_per_worker) + 1
-    num_cpus = max(os.cpu_count() or 1, needed)
+    needed = math.ceil(workers * config.train.cpus_per_worker) + 2
+    num_cpus = max(2 * (os.cpu_count() or 1), needed)
     num_gpus = None
     if config.train.use_gpu:
         import torch
@@ -82,7 +84,7 @@ def build_trainer(config: Config, settings: LoopSettings, datasets: dict[str, An
     """The `TorchTrainer` of a run: fractional CPU workers or GPU workers, gloo/nccl with the
     configured collective timeout, checkpoints kept per ``train.num_to_keep``, retries per
     ``train.max_failures``."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = config.train
@@ -95,6 +97,7 @@ def build_trainer(config: Config, settings: LoopSettings, datasets: dict[str, An
         storage_path=t.resolved_storage_path,
         failure_config=FailureConfig(max_failures=t.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
+        logging_config=LoggingConfig("WARNING"),  # rank 0 prints the progress; Ray's INFO lines drown it
     )
     return TorchTrainer(
         train_loop_per_worker,
@@ -148,6 +151,10 @@ def plan_run(config: Config) -> RunPlan:
 
     if not config.data.store:
         raise ConfigError("data.store is not set: pass data.store=PATH_OR_URL (a store made by `action-ray ingest`)")
+    stages = list(config.stages or [])
+    order = [s for s in STAGE_ORDER if s in stages]
+    if STAGE_ORDER[STAGE_ORDER.index(order[0]): STAGE_ORDER.index(order[-1]) + 1] != tuple(stages):
+        raise ConfigError(f"stages={stages} skips a stage; hand-offs go p1 -> p2 -> ft, so train consecutive stages")
     name = run_name(config)
     run_dir = f"{config.train.resolved_storage_path.rstrip('/')}/{name}"
     fs, root = filesystem_for(run_dir)
