@@ -279,3 +279,26 @@ def test_3d_run_evaluates_with_the_configured_sliding_window(tiny, tmp_path):
     want = case_metrics(pred, gt, [1, 2, 3], spacing=SPACING)
     rows = read_csv(tmp_path / "out3d" / "metrics.csv")
     np.testing.assert_allclose([float(r["dice"]) for r in rows], [w["dice"] for w in want])
+
+
+def test_last_falls_back_to_the_newest_periodic_checkpoint_of_the_last_stage(tmp_path, caplog):
+    """An unfinished run: no stages/ft yet, so `last` is the highest-step Ray checkpoint of FT."""
+    from action_ray.evaluation.evaluate import foreground_classes
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("stages: [p2, ft]\n")
+    for name, stage, step in (("checkpoint_000000", "p2", 90), ("checkpoint_000001", "ft", 20),
+                              ("checkpoint_000002", "ft", 40), ("checkpoint_000003", "ft", 30)):
+        (run / name).mkdir()
+        (run / name / "meta.json").write_text(json.dumps({"stage": stage, "step": step}))
+    with caplog.at_level("WARNING"):
+        assert resolve_checkpoint(str(run)) == str(run / "checkpoint_000002")
+    assert "no final ft checkpoint" in caplog.text
+    (run / "config.yaml").write_text("stages: [p1, p2]\n")
+    assert resolve_checkpoint(str(run)) == str(run / "checkpoint_000000")
+    (run / "config.yaml").write_text("stages: [p1]\n")
+    with pytest.raises(ConfigError, match="no p1 checkpoint"):
+        resolve_checkpoint(str(run))
+    with pytest.raises(ConfigError, match="network predicts 3 classes"):
+        foreground_classes(CLASSES, 3)
