@@ -293,9 +293,12 @@ def run_sweep(sweep: SweepConfig, *, command: str | None = None,
     log(f"sweep {name}: {len(combos)} grid points x {sweep.tune.num_samples} sample(s), "
         f"{concurrent} at a time, {resources.cpus:g} CPU"
         + (f" + {resources.worker_gpus:g} GPU" if resources.worker_gpus else "") + " per trial -> " + redact(sweep_dir))
+    # stop_last_trials=False: a trial that reached the last FT step must still run its final
+    # report (test split, split facts) instead of being stopped at max_t.
     scheduler = (ASHAScheduler(time_attr=TIME_ATTR, grace_period=sweep.tune.grace_period,
                                reduction_factor=sweep.tune.reduction_factor,
-                               max_t=max(base.stage("ft").iterations, sweep.tune.grace_period))
+                               max_t=max(base.stage("ft").iterations, sweep.tune.grace_period),
+                               stop_last_trials=False)
                  if sweep.tune.uses_early_stopping else FIFOScheduler())
     trainable = ray.tune.with_parameters(
         trial_driver, base=base.to_dict(redact_secrets=False), runs_dir=f"{sweep_dir}/runs",
