@@ -13,7 +13,8 @@ from action_ray.evaluate_command import add_inference_arguments
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", help="run directory (uses its last checkpoint) or checkpoint directory; local or s3://")
+    parser.add_argument("checkpoint",
+                        help="run directory (uses its last checkpoint) or checkpoint directory; local or s3://")
     parser.add_argument("niftis", nargs="*", metavar="NIFTI", help="NIfTI files to segment (instead of --store)")
     parser.add_argument("--store", default=None, help="Zarr volume store whose cases to segment")
     parser.add_argument("--split", default=None, choices=["train", "val", "test"], help="store split (default: all)")
@@ -22,7 +23,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--probabilities", action="store_true", help="also write float32 probability maps")
     parser.add_argument("--normalization", default=None,
                         choices=["percentile", "window", "minmax", "zscore", "none"],
-                        help="override the intensity normalisation (NIfTI inputs when the training store is unreachable)")
+                        help="override the intensity normalisation "
+                             "(NIfTI inputs when the training store is unreachable)")
     add_inference_arguments(parser)
 
 

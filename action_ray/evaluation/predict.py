@@ -113,7 +113,8 @@ def nifti_volumes(paths: Sequence[str], storage_options: Mapping[str, Any] | Non
         while data.ndim > 3 and data.shape[-1] == 1:
             data = data[..., 0]
         if data.ndim != 3:
-            raise CaseError(f"{path}: {data.ndim}-D image of shape {data.shape}; predict takes single-channel 3-D volumes")
+            raise CaseError(f"{path}: {data.ndim}-D image of shape {data.shape}; "
+                            "predict takes single-channel 3-D volumes")
         image = to_store_orientation(check_image(data, path))
         yield InputVolume(_stem(path), image, intensity_stats(image), np.asarray(img.affine, dtype=np.float64),
                           img.header)
@@ -214,7 +215,8 @@ def predict_cases(
         store = open_store(store_url, options)
         ids = list(cases) if cases else [c.case_id for c in store.list_cases(split=split)]
         if not ids:
-            raise ConfigError(f"store {redact(store_url)} has no complete case" + (f" in split {split!r}" if split else ""))
+            where = f" in split {split!r}" if split else ""
+            raise ConfigError(f"store {redact(store_url)} has no complete case{where}")
         settings = inference_settings(student.config, store.dataset_meta, batch_size=batch_size,
                                       normalization=normalization)
         volumes: Iterator[InputVolume] = store_volumes(store, ids)
