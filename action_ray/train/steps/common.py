@@ -1,0 +1,80 @@
+"""Plumbing shared by every stage step: inputs onto the device, module modes, the update.
+
+The update is the same in every stage (method.md §5.2 step 9, §6.1 step 10): backward, an
+average of the gradients over workers, one SGD step, one schedule step. The gradient average
+is done here with one ``all_reduce`` of a flat buffer rather than by wrapping the student in
+DDP, because the steps call the student several times per iteration (FT: labelled, mixed and,
+with ``ema_steps_per_iter=2``, clean unlabelled batches, each with its own BN statistics as
+published), which a DDP module does not allow before one backward.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from action_ray.distributed import world_size
+from action_ray.train.state import TrainState
+
+IGNORE_LABEL = -1
+
+
+def images_on_device(state: TrainState, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 1, *S) as float32 on the state's device, channels-last when configured."""
+    images = images.to(state.device, dtype=torch.float32, non_blocking=True)
+    if state.config.train.channels_last:
+        fmt = torch.channels_last if images.dim() == 4 else torch.channels_last_3d
+        images = images.contiguous(memory_format=fmt)
+    return images
+
+
+def labels_on_device(state: TrainState, labels: torch.Tensor) -> torch.Tensor:
+    """Integer labels (B, *S) as int64 on the state's device."""
+    return labels.to(state.device, dtype=torch.long, non_blocking=True)
+
+
+def set_train_modes(state: TrainState, teacher_train: bool = True) -> None:
+    """Student and heads in train mode; the teacher in train mode too unless ``teacher_train``
+    is False (published: the teacher always uses batch statistics and active dropout, §4)."""
+    state.model.train()
+    state.model.teacher.train(teacher_train)
+
+
+@torch.no_grad()
+def average_gradients(params: list[torch.Tensor]) -> None:
+    """Mean of each gradient over all ranks (no-op on one rank): one flat all_reduce.
+
+    Every rank runs the same code path, so the set of parameters with a gradient is the same
+    on every rank and the flat buffers line up.
+    """
+    n = world_size()
+    if n == 1 or not params:
+        return
+    grads = [p.grad for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat.div_(n)
+    torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
+
+
+def apply_update(state: TrainState, loss: torch.Tensor) -> None:
+    """backward -> gradient average over workers -> SGD step -> poly schedule step; step += 1."""
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for group in state.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    average_gradients(params)
+    state.optimizer.step()
+    state.scheduler.step()
+    state.step += 1
+
+
+def mask_unlabelled(labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """labels (B, *S) with every pixel of the unlabelled images (labelled (B,) False) set to
+    the ignore label, so the supervised loss sees only the labelled part without a host sync."""
+    keep = labelled.to(device=labels.device, dtype=torch.bool).reshape(-1, *([1] * (labels.dim() - 1)))
+    return torch.where(keep, labels, torch.full_like(labels, IGNORE_LABEL))
+
+
+def detached(losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The step's result: detached float32 scalars (the caller decides when to sync)."""
+    return {name: value.detach().float() for name, value in losses.items()}

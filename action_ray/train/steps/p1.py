@@ -1,0 +1,38 @@
+"""P1: global contrastive distillation of the student *encoder* (method.md §5.2, §5.5, §10.15).
+
+The decoder is frozen at its random initialisation and the local branch has no effect in
+P1, so neither student nor teacher runs its decoder here: only the bottlenecks are computed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from action_ray.config import Config
+from action_ray.train.state import TrainState
+from action_ray.train.steps.common import apply_update, detached, images_on_device, set_train_modes
+from action_ray.train.steps.pretrain import global_branch, views
+
+
+def p1_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    """One P1 iteration on ``batch = {"image": (B, 1, *S), ...}`` (labels unused).
+
+    Order (§5.2): views -> EMA step of teacher (+ k-heads with ``teacher_head=ema``) from the
+    pre-step student -> student encoder on the student view, teacher encoder on the teacher
+    view -> L_glob against the bank -> enqueue the teacher keys (all ranks, rank order) ->
+    update. Returns ``{"loss", "global"}`` (detached).
+    """
+    model, calls = state.model, state.forwards
+    set_train_modes(state)
+    x = images_on_device(state, batch["image"])
+    model.update_teacher(config.ema_momentum)
+    with state.autocast():
+        x_student, x_teacher = views(state, x, config)
+        student_latent = calls.student_encode(x_student)[-1]
+        with torch.no_grad():
+            teacher_latent = calls.teacher_encode(x_teacher)[-1]
+        global_loss, teacher_keys = global_branch(state, student_latent, teacher_latent, config)
+        loss = config.distill.global_weight * global_loss
+    state.global_bank.enqueue(teacher_keys)
+    apply_update(state, loss)
+    return detached({"loss": loss, "global": global_loss})

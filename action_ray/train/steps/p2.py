@@ -1,0 +1,47 @@
+"""P2: supervised + global + local contrastive distillation of the whole student (§5.2, §5.5)."""
+
+from __future__ import annotations
+
+import torch
+
+from action_ray.config import Config
+from action_ray.losses import local_bank_entries, supervised_loss
+from action_ray.train.state import TrainState
+from action_ray.train.steps.common import (
+    apply_update,
+    detached,
+    images_on_device,
+    labels_on_device,
+    mask_unlabelled,
+    set_train_modes,
+)
+from action_ray.train.steps.pretrain import global_branch, local_branch, views
+
+
+def p2_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    """One P2 iteration on ``{"image": (B, 1, *S), "label": (B, *S), "labelled": (B,) bool}``.
+
+    L = L_sup(labelled images) + k1·L_glob + k2·L_loc, both distillation losses over the whole
+    batch. The labelled part is selected by masking the other images' labels (ignored by the
+    loss) instead of slicing, so no tensor value is read on the host. Order as `p1_step`, with
+    full student/teacher forwards and both banks enqueued after the losses.
+    Returns ``{"loss", "supervised", "global", "local"}`` (detached).
+    """
+    model, calls, d = state.model, state.forwards, config.distill
+    set_train_modes(state)
+    x = images_on_device(state, batch["image"])
+    target = mask_unlabelled(labels_on_device(state, batch["label"]), batch["labelled"])
+    model.update_teacher(config.ema_momentum)
+    with state.autocast():
+        x_student, x_teacher = views(state, x, config)
+        student = calls.student(x_student)
+        with torch.no_grad():
+            teacher = calls.teacher(x_teacher)
+        global_loss, teacher_keys = global_branch(state, student.bottleneck, teacher.bottleneck, config)
+        local_loss, teacher_patches = local_branch(state, student.logits, teacher.logits, config)
+        sup = supervised_loss(student.logits, target)
+        loss = sup + d.global_weight * global_loss + d.local_weight * local_loss
+    state.global_bank.enqueue(teacher_keys)
+    state.local_bank.enqueue(local_bank_entries(teacher_patches, d.local_layout))
+    apply_update(state, loss)
+    return detached({"loss": loss, "supervised": sup, "global": global_loss, "local": local_loss})

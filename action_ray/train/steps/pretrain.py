@@ -1,0 +1,89 @@
+"""Pieces shared by the two pre-training steps (P1, P2): views, EMA, the global branch and
+the local branch (method.md Part B §5.1-§5.4, with the Part A A3 defaults).
+
+``distill.teacher_head`` decides how the teacher side is computed:
+
+* ``ema`` (default): the k-heads are EMA copies of the q-heads (updated with the backbone by
+  ``ActionModel.update_teacher``); teacher embeddings are computed without autograd and the
+  KL target is detached;
+* ``grad`` (published 2-D code): the k-heads are trainable and learn only through the
+  non-detached KL target; the teacher *backbone* features are still constants.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from action_ray.augment import pretrain_views
+from action_ray.config import Config
+from action_ray.losses import global_distillation_loss, local_distillation_loss
+from action_ray.model import embed_local_patches, extract_local_patches, pooled_local_patches
+from action_ray.train.state import TrainState
+
+
+def views(state: TrainState, x: torch.Tensor, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student view, teacher view) of §5.1: shared jitter, teacher-only blur; (B, 1, *S) each.
+
+    3-D volumes are z-scored, so they are not clamped to [0, 1] (§10.12).
+    """
+    d = config.distill
+    return pretrain_views(
+        x, state.generator, p_jitter=d.jitter_p, jitter=d.jitter_range, p_blur=d.blur_p,
+        sigma=d.blur_sigma, clamp=(0.0, 1.0) if x.dim() == 4 else None,
+    )
+
+
+def teacher_head_trained(config: Config) -> bool:
+    """True with ``teacher_head=grad``: k-heads in the graph, KL target not detached."""
+    return config.distill.teacher_head == "grad"
+
+
+def global_branch(
+    state: TrainState, student_latent: torch.Tensor, teacher_latent: torch.Tensor, config: Config
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_glob (§5.3) against the current global bank, and the teacher keys to enqueue.
+
+    student_latent, teacher_latent: (B, C_lat, *S_lat) bottlenecks (teacher without grad).
+    Returns (loss scalar, z_t (B, d_g)).
+    """
+    model, d = state.model, config.distill
+    z_s = model.global_predictor(model.global_q(student_latent))  # (B, d_g)
+    with torch.set_grad_enabled(teacher_head_trained(config)):
+        z_t = model.global_k(teacher_latent)  # (B, d_g)
+    bank = state.global_bank.keys.clone()  # constant snapshot: the bank is written after this
+    loss = global_distillation_loss(
+        z_s, z_t, bank, d.student_temperature, d.teacher_temperature,
+        detach_target=not teacher_head_trained(config),
+    )
+    return loss, z_t
+
+
+def local_patch_embeddings(logits: torch.Tensor, heads: tuple[torch.nn.Module, ...], config: Config) -> torch.Tensor:
+    """Logits (B, C, *S) -> local embeddings (P, B, D_l) through ``heads`` (§5.4).
+
+    Pools the whole map once and windows the pooled map when the cut/stride/pool sizes allow
+    it (the published 64/32/8 and 20/10/4 do): 4x less work than pooling overlapping windows.
+    """
+    m = config.model
+    if m.cut_size % m.local_pooling == 0 and m.cut_stride % (m.cut_size // m.local_pooling) == 0:
+        patches = pooled_local_patches(logits, m.cut_size, m.cut_stride, m.local_pooling)
+    else:
+        patches = extract_local_patches(logits, m.cut_size, m.cut_stride)
+    return embed_local_patches(patches, *heads)
+
+
+def local_branch(
+    state: TrainState, student_logits: torch.Tensor, teacher_logits: torch.Tensor, config: Config
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_loc (§5.4) in ``distill.local_layout`` against the local bank, and the teacher patch
+    embeddings (P, B, D_l) to enqueue (via ``local_bank_entries``)."""
+    model, d = state.model, config.distill
+    u_s = local_patch_embeddings(student_logits, (model.local_q, model.local_predictor), config)
+    with torch.set_grad_enabled(teacher_head_trained(config)):
+        u_t = local_patch_embeddings(teacher_logits, (model.local_k,), config)
+    bank = state.local_bank.keys.clone()
+    loss = local_distillation_loss(
+        u_s, u_t, bank, d.student_temperature, d.teacher_temperature, layout=d.local_layout,
+        detach_target=not teacher_head_trained(config),
+    )
+    return loss, u_t
