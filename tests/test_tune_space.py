@@ -100,3 +100,15 @@ def test_a_training_config_is_not_a_sweep():
 def test_one_key_set_twice_in_a_trial_is_an_error():
     with pytest.raises(ConfigError, match="train.seed twice"):
         trial_overrides({"train.seed": 1, "draw": {"train.seed": 2}})
+
+
+def test_trial_resources_and_default_concurrency():
+    from action_ray.tuning.driver import TrialResources
+
+    cpu = TrialResources.of(load_config("cpu-demo"), 0.01)  # 2 workers x 0.5 CPU
+    assert cpu.cpus == pytest.approx(1.01) and cpu.worker_gpus == 0
+    assert cpu.concurrency(cpus=2, gpus=0) == 1 and cpu.concurrency(cpus=4, gpus=0) == 2
+    gpu = TrialResources.of(load_config("acdc-2d", ["train.gpus_per_worker=0.5"]), 0.01)
+    assert gpu.worker_gpus == 0.5
+    assert gpu.concurrency(cpus=16, gpus=1) == 2  # two trials share a GPU
+    assert gpu.concurrency(cpus=4, gpus=8) == 1   # CPUs bound: 2.01 each, one CPU kept for reads

@@ -166,13 +166,16 @@ class ValidationReportCallback(_tune_report_callback_class()):
             return
         step = int(row["step"])
         started = time.perf_counter()
+        path = checkpoint.path
+        if is_remote(self.run_dir) and "://" not in path:  # pyarrow paths drop the scheme
+            path = f"{self.run_dir.split('://', 1)[0]}://{path}"
         scores = evaluate_checkpoint(
-            self.run_dir, self.store, self.storage_options or None, split="val", checkpoint=checkpoint.path,
+            self.run_dir, self.store, self.storage_options or None, split="val", checkpoint=path,
             out_dir=f"{self.run_dir}/validation/ft-{step:06d}", device=self.device)
         row.update(scores)
         row[TIME_ATTR] = step
         row["val_seconds"] = time.perf_counter() - started
-        row["checkpoint_path"] = checkpoint.path
+        row["checkpoint_path"] = path
         _append_line(self.run_dir, VALIDATION_LOG, {"ft_step": step, **scores})
         self._training_actor_item_queue.put(row)
 
@@ -189,7 +192,7 @@ def _split_facts(run_dir: str) -> dict[str, Any]:
             "label_fraction": labelled / total if total else float("nan")}
 
 
-def fit_run(config: Config, callbacks: list[Any], log: Callable[[str], None] = print) -> dict[str, Any]:
+def fit_run(config: Config, callbacks: list[Any]) -> dict[str, Any]:
     """``trainer.run_training`` with extra Ray Train callbacks: plan, fit, record ``result.json``.
 
     Kept to the training layer's public pieces (`plan_run`, `build_datasets`, `build_trainer`);
@@ -233,7 +236,7 @@ def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str,
     run_dir = f"{config.train.resolved_storage_path.rstrip('/')}/{name}"
     callback = ValidationReportCallback(run_dir, str(config.data.store), config.data.storage_options, eval_device)
     started = time.perf_counter()
-    summary = fit_run(config, [callback], log=lambda _: None)
+    summary = fit_run(config, [callback])
     train_seconds = time.perf_counter() - started
     final: dict[str, Any] = {"run_dir": run_dir, "train_seconds": train_seconds, **_split_facts(run_dir)}
     history = read_validation_log(run_dir)
