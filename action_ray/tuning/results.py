@@ -152,6 +152,11 @@ def fmt_mean_sd(stat: tuple[float, float, int], scale: float) -> str:
     return f"{mean * scale:.1f}" + (f" ± {sd * scale:.1f}" if n > 1 else "")
 
 
+def _shown(value: Any) -> str:
+    """A swept key's value in a table cell: ``–`` when the trial did not set it."""
+    return "–" if value is None else str(value)
+
+
 def _scale(metric: str) -> float:
     return 100.0 if "dice" in metric else 1.0
 
@@ -175,7 +180,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], metric: str, seconds: fl
     ]
     for entry in grouped(rows, metrics):
         labelled = f"{entry['labelled_patients']:.0f} ({entry['label_fraction'] * 100:.1f} %)"
-        cells = [str(entry.get(k)) for k in keys] + [labelled, str(entry["n"])]
+        cells = [_shown(entry.get(k)) for k in keys] + [labelled, str(entry["n"])]
         cells += [fmt_mean_sd(entry[m], _scale(m)) for m in metrics]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Trials", "", "| trial | status | " + " | ".join([*swept_keys(rows), TIME_ATTR, metric]) + " |",
@@ -183,7 +188,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]], metric: str, seconds: fl
     for row in rows:
         value = row.get(metric)
         shown = "–" if value is None or not math.isfinite(float(value)) else f"{float(value) * _scale(metric):.1f}"
-        cells = [str(row.get("trial")), str(row.get("status"))] + [str(row.get(k, "")) for k in swept_keys(rows)]
+        cells = [str(row.get("trial")), str(row.get("status"))] + [_shown(row.get(k)) for k in swept_keys(rows)]
         lines.append("| " + " | ".join(cells + [str(row.get(TIME_ATTR, "")), shown]) + " |")
     errors = [row for row in rows if row.get("error")]
     if errors:
