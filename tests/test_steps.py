@@ -36,6 +36,15 @@ SMALL_MODEL = (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny convolutions gain nothing from a second thread; on a shared runner it only spins."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def make_config(*overrides: str):
     return load_config("cpu-demo", ["train.num_workers=1", f"data.slice_size={SIZE}", *SMALL_MODEL, *overrides])
 

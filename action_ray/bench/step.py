@@ -6,7 +6,7 @@ Each stage step (P1, P2, FT, supervised, Mean Teacher) runs on synthetic slices 
 shipped config (``cpu-demo`` for ``--preset cpu``, ``acdc-2d`` for ``paper``), and so does a
 plain student UNet step on the same number of images (the floor: forward, CE loss, backward,
 SGD). The table shows the median of ``--steps`` timed steps after ``--warmup`` untimed ones and
-the ratio to the floor; on CUDA every timing is bracketed by ``torch.cuda.synchronize`` and the
+the ratio to the floor (stage and floor steps alternate, so load changes hit both); on CUDA every timing is bracketed by ``torch.cuda.synchronize`` and the
 peak allocated memory of each row is reported.
 
 Batch sizes: P1/P2 take ``--batch`` slices (first half labelled, §2.2); FT and Mean Teacher take
@@ -26,6 +26,9 @@ from typing import Callable
 PUBLISHED_H200_S = {"p2": 0.062, "ft": 0.44}
 PRESET_CONFIGS = {"cpu": "cpu-demo", "paper": "acdc-2d"}
 NUM_CLASSES = 4
+#: table row -> (method, stage)
+ROWS = {"p1": ("action", "p1"), "p2": ("action", "p2"), "ft": ("action", "ft"),
+        "supervised": ("supervised", "ft"), "mean_teacher": ("mean_teacher", "ft")}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before timing")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--stages", default="floor,p1,p2,ft,supervised,mean_teacher",
+    parser.add_argument("--stages", default="p1,p2,ft,supervised,mean_teacher",
                         help="comma-separated rows to run")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (CUDA only)")
     parser.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
@@ -52,26 +55,36 @@ def _synthetic(n: int, size: int, device):
     return images.to(device), labels.to(device)
 
 
-def _time(step: Callable[[], object], steps: int, warmup: int, cuda: bool) -> tuple[float, float]:
-    """(median seconds per step, peak MiB on CUDA or nan)."""
+def _time_pair(
+    stage: Callable[[], object], floor: Callable[[], object], steps: int, warmup: int, cuda: bool
+) -> tuple[float, float, float]:
+    """(median s per stage step, median s per floor step, peak MiB of the stage or nan).
+
+    The two are timed alternately, step by step, so that a change of machine load while the
+    benchmark runs moves both and the ratio stays meaningful.
+    """
     import torch
 
     for _ in range(warmup):
-        step()
+        stage()
+        floor()
     if cuda:
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    times = []
+    stage_times, floor_times, peak = [], [], 0.0
     for _ in range(steps):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
-    return statistics.median(times), peak
+        for fn, times in ((stage, stage_times), (floor, floor_times)):
+            if cuda:
+                torch.cuda.synchronize()
+                if fn is stage:
+                    torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize()
+                if fn is stage:
+                    peak = max(peak, torch.cuda.max_memory_allocated() / 2**20)
+            times.append(time.perf_counter() - start)
+    return statistics.median(stage_times), statistics.median(floor_times), peak if cuda else float("nan")
 
 
 def _config(args: argparse.Namespace, method: str):
@@ -120,8 +133,7 @@ def _stage_step(args: argparse.Namespace, row: str, device) -> tuple[Callable[[]
     from action_ray.train.state import build_state
     from action_ray.train.steps import step_function
 
-    method, stage = {"p1": ("action", "p1"), "p2": ("action", "p2"), "ft": ("action", "ft"),
-                     "supervised": ("supervised", "ft"), "mean_teacher": ("mean_teacher", "ft")}[row]
+    method, stage = ROWS[row]
     config = _config(args, method)
     state = build_state(config, NUM_CLASSES, device, stage)
     b = args.batch
@@ -151,26 +163,24 @@ def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     rows = [r.strip() for r in args.stages.split(",") if r.strip()]
+    unknown = sorted(set(rows) - set(ROWS))
+    if unknown:
+        raise ActionRayError(f"--stages: unknown {', '.join(unknown)}; choose from {', '.join(ROWS)}")
     print(f"bench step: preset={args.preset} size={args.size} batch={args.batch} device={args.device} "
           f"threads={torch.get_num_threads()} amp={args.amp} channels_last={args.channels_last} "
           f"compile={args.compile} steps={args.steps} (median) warmup={args.warmup}")
-    floors: dict[int, float] = {}
     results = []
     for row in rows:
-        if row == "floor":
-            continue
         step, n = _stage_step(args, row, device)
-        seconds, peak = _time(step, args.steps, args.warmup, cuda)
-        if n not in floors:
-            floors[n], _ = _time(_floor_step(args, n, device), args.steps, args.warmup, cuda)
-        results.append((row, n, seconds, peak))
+        seconds, floor, peak = _time_pair(step, _floor_step(args, n, device), args.steps, args.warmup, cuda)
+        results.append((row, n, seconds, floor, peak))
     header = f"{'stage':<13} {'images':>6} {'step ms':>9} {'floor ms':>9} {'ratio':>6} {'peak MiB':>9}"
     if cuda and args.preset == "paper":
         header += f" {'published H200 ms':>18}"
     print(header)
-    for row, n, seconds, peak in results:
-        line = (f"{row:<13} {n:>6} {seconds * 1e3:>9.1f} {floors[n] * 1e3:>9.1f} "
-                f"{seconds / floors[n]:>6.2f} {peak:>9.0f}")
+    for row, n, seconds, floor, peak in results:
+        line = (f"{row:<13} {n:>6} {seconds * 1e3:>9.1f} {floor * 1e3:>9.1f} "
+                f"{seconds / floor:>6.2f} {peak:>9.0f}")
         if cuda and args.preset == "paper":
             published = PUBLISHED_H200_S.get(row)
             line += f" {published * 1e3 if published else float('nan'):>18.0f}"

@@ -46,13 +46,14 @@ class Forwards:
     """The network calls a step makes: eager bound methods, or their ``torch.compile`` versions.
 
     Kept outside the model so that compiling never changes the model's ``state_dict`` keys.
+    The FT representation head is not here: it runs through
+    ``steps.representation.sparse_grad_representation``, a custom autograd function.
     """
 
     student: Callable
     student_encode: Callable
     teacher: Callable
     teacher_encode: Callable
-    representation: Callable
 
 
 @dataclass
@@ -200,7 +201,6 @@ def _forwards(model: ActionModel, compile_model: bool) -> Forwards:
         student_encode=model.student.encode,
         teacher=model.teacher.forward,
         teacher_encode=model.teacher.encode,
-        representation=model.representation_head.forward,
     )
     if compile_model:
         calls = Forwards(**{name: torch.compile(fn, dynamic=False) for name, fn in vars(calls).items()})
