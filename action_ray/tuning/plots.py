@@ -54,6 +54,10 @@ def plot_dice_vs_label_fraction(rows: Sequence[Mapping[str, Any]], metric: str) 
                       marker="o", capsize=3, label=label)
     if series:
         axes.set_xscale("log")
+        ticks = sorted({round(p[0] * 100, 1) for points in series.values() for p in points})
+        axes.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        axes.minorticks_off()
+        axes.set_ylim(0, 100)
         axes.legend(fontsize=8)
     else:
         axes.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=axes.transAxes)
