@@ -221,6 +221,23 @@ def test_handoffs_carry_backbones_and_restart_heads_banks_and_schedule():
     run(ft, ft_step, ft_batch(), config, 1)
 
 
+def test_handoffs_give_every_rank_the_same_new_heads_and_keep_the_dropout_stream():
+    config = make_config()
+    ranks = [build_state(config, NUM_CLASSES, "cpu", "p1", rank=r) for r in (0, 1)]
+    assert not torch.equal(ranks[0].generator.get_state(), ranks[1].generator.get_state())
+    dropout_stream = torch.get_rng_state()
+    p2 = [handoff_p1_to_p2(s) for s in ranks]
+    ft = [handoff_p2_to_ft(s) for s in p2]
+    assert torch.equal(torch.get_rng_state(), dropout_stream)
+    for a, b in zip(ft[0].model.state_dict().values(), ft[1].model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_shuffle_bn_is_refused_until_implemented():
+    with pytest.raises(ConfigError, match="shuffle_bn"):
+        build_state(make_config("distill.shuffle_bn=true"), NUM_CLASSES, "cpu", "p1")
+
+
 def test_options_teacher_head_grad_and_faithful_local_layout_train():
     config = make_config("distill.teacher_head=grad", "distill.local_layout=faithful")
     state = build_state(config, NUM_CLASSES, "cpu", "p2")

@@ -15,14 +15,7 @@ from action_ray.train.optim import PolyDecay, build_optimizer, poly_schedule
 from action_ray.train.state import build_model, build_state
 from action_ray.train.steps import ft_step, p2_step
 from action_ray.train.steps.representation import sparse_grad_representation
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from test_steps import one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 
 @pytest.mark.parametrize("dims", [2, 3])

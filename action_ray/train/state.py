@@ -240,6 +240,8 @@ def build_state(
         raise ConfigError(f"stage must be p1, p2 or ft, got {stage!r}")
     if config.method != "action" and stage != "ft":
         raise ConfigError(f"method={config.method} has only the ft stage, not {stage!r}")
+    if config.distill.shuffle_bn and stage in ("p1", "p2"):
+        raise ConfigError("distill.shuffle_bn=true is not implemented by the pre-training steps yet; set it to false")
     device = torch.device(device)
     rank = current_rank() if rank is None else rank
     seed = config.train.seed
@@ -253,12 +255,21 @@ def build_state(
     return _assemble(config, model, stage, config.method, device, generator, num_classes)
 
 
+def _reinitialise(state: TrainState, purpose: str, reset: Callable[[], None]) -> None:
+    """Run ``reset`` (which draws from the global torch RNG) under a seed shared by all ranks,
+    so every replica gets the same new heads, and leave the per-rank dropout stream untouched."""
+    devices = [state.device] if state.device.type == "cuda" else []  # the CPU RNG is always forked
+    with torch.random.fork_rng(devices=devices, device_type="cuda"):
+        torch.manual_seed(stream_seed(state.config.train.seed, 0, purpose))
+        reset()
+
+
 def handoff_p1_to_p2(state: TrainState) -> TrainState:
     """P1 -> P2 (§1, §10.16): student and EMA-teacher backbones carried; heads, banks,
-    optimiser and schedule start afresh. Head re-initialisation draws from the global RNG."""
+    optimiser and schedule start afresh (the new heads are identical on every rank)."""
     if state.stage != "p1":
         raise ConfigError(f"handoff_p1_to_p2 needs a P1 state, got stage {state.stage}")
-    state.model.reset_heads()
+    _reinitialise(state, "heads/p2", state.model.reset_heads)
     return _assemble(state.config, state.model, "p2", state.method, state.device, state.generator,
                      state.model.student.num_classes)
 
@@ -271,8 +282,13 @@ def handoff_p2_to_ft(state: TrainState) -> TrainState:
     model = state.model
     # parameters *and* BN statistics, as loading the P2 student checkpoint into the teacher does
     model.teacher.load_state_dict(model.student.state_dict())
-    for layer in model.representation_head.modules():
-        if layer is not model.representation_head and hasattr(layer, "reset_parameters"):
-            layer.reset_parameters()
+    head = model.representation_head
+
+    def reset_head() -> None:
+        for layer in head.modules():
+            if layer is not head and hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+
+    _reinitialise(state, "heads/ft", reset_head)
     return _assemble(state.config, model, "ft", state.method, state.device, state.generator,
                      model.student.num_classes)
