@@ -177,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
     from action_ray.tuning.space import load_sweep
 
     profile = PROFILES[args.profile]
+    # ray.train.report blocks up to this interval (default 2 s, ray-notes §1); the local Ray we
+    # start inherits it. A cluster in RAY_ADDRESS keeps its own setting.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
     started = time.perf_counter()
     out = os.path.abspath(args.out)
     store = ensure_phantom_store(out, profile.patients, profile.size, args.workers)

@@ -35,6 +35,10 @@ from action_ray.urls import filesystem_for, is_remote, redact
 
 #: Written by the validation callback in each run directory: one JSON line per validated checkpoint.
 VALIDATION_LOG = "validation.jsonl"
+#: Evaluation runs in the Train controller (validation) and the trial driver (test), which hold
+#: no GPU: Ray hides the GPUs from them, and asking for one would wait on the GPU the trial's
+#: own workers hold while they sit in the report barrier. So evaluation is on CPU.
+EVAL_DEVICE = "cpu"
 
 
 # ------------------------------------------------------------------------------- resources
@@ -219,8 +223,7 @@ def fit_run(config: Config, callbacks: list[Any]) -> dict[str, Any]:
     return summary
 
 
-def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str,
-                 test_split: bool, eval_device: str) -> None:
+def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str, test_split: bool) -> None:
     """The Tune trainable: train one trial's config, validate its FT checkpoints, then report
     the final validation (and, if asked, test) metrics once more with the split facts."""
     import ray.tune
@@ -234,7 +237,7 @@ def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str,
     data_context.enable_progress_bars = False
     data_context.print_on_execution_start = False
     run_dir = f"{config.train.resolved_storage_path.rstrip('/')}/{name}"
-    callback = ValidationReportCallback(run_dir, str(config.data.store), config.data.storage_options, eval_device)
+    callback = ValidationReportCallback(run_dir, str(config.data.store), config.data.storage_options, EVAL_DEVICE)
     started = time.perf_counter()
     summary = fit_run(config, [callback])
     train_seconds = time.perf_counter() - started
@@ -245,13 +248,13 @@ def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str,
     else:  # no FT checkpoint was reported (should not happen: every stage ends with one)
         final.update(evaluate_checkpoint(run_dir, str(config.data.store), config.data.storage_options or None,
                                          split="val", checkpoint="last", out_dir=f"{run_dir}/validation/last",
-                                         device=eval_device))
+                                         device=EVAL_DEVICE))
         final[TIME_ATTR] = int(summary.get("step", 0))
     if test_split:
         started = time.perf_counter()
         final.update(evaluate_checkpoint(run_dir, str(config.data.store), config.data.storage_options or None,
                                          split="test", checkpoint="last", out_dir=f"{run_dir}/test",
-                                         device=eval_device))
+                                         device=EVAL_DEVICE))
         final["test_seconds"] = time.perf_counter() - started
     ray.tune.report(final)
 
@@ -305,7 +308,7 @@ def run_sweep(sweep: SweepConfig, *, command: str | None = None,
                  if sweep.tune.uses_early_stopping else FIFOScheduler())
     trainable = ray.tune.with_parameters(
         trial_driver, base=base.to_dict(redact_secrets=False), runs_dir=f"{sweep_dir}/runs",
-        test_split=sweep.tune.test_split, eval_device=sweep.tune.eval_device)
+        test_split=sweep.tune.test_split)
     tuner = ray.tune.Tuner(
         ray.tune.with_resources(trainable, {"cpu": sweep.tune.driver_cpus}),
         param_space=sweep.param_space(),

@@ -74,7 +74,6 @@ class TuneSettings(BaseModel):
     reduction_factor: float = Field(2.0, gt=1)
     driver_cpus: float = Field(0.01, gt=0, lt=1, description="CPU of each trial's driver (ray-notes §6)")
     test_split: bool = Field(False, description="also evaluate each finished trial on the test split")
-    eval_device: Literal["cpu", "cuda"] = "cpu"
     max_failures: int = Field(0, ge=0, description="Tune-level retries of a failed trial")
 
     @property
