@@ -94,6 +94,8 @@ def _config(args: argparse.Namespace, method: str):
         f"method={method}", "train.num_workers=1", f"data.slice_size={args.size}",
         f"train.amp={str(args.amp).lower()}", f"train.channels_last={str(args.channels_last).lower()}",
         f"train.compile={str(args.compile).lower()}", f"train.use_gpu={str(args.device == 'cuda').lower()}",
+        # the published 64/32 local windows on 256² slices, scaled to the bench size (36 windows)
+        f"model.cut_size={args.size // 4}", f"model.cut_stride={args.size // 8}",
         *(f"schedule.{s}.iterations=1000000" for s in ("p1", "p2", "ft")),
     ])
 
