@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="FILE|PRESET",
-                        help="sweep YAML or preset (tune-cpu, tune-temperatures, tune-quality-quick, tune-quality-full)")
+                        help="sweep YAML or preset: tune-cpu, tune-temperatures, tune-quality-quick|full")
     parser.add_argument("--dry-run", action="store_true",
                         help="validate the sweep and list its grid without starting Ray")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -38,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
     from action_ray.tuning.driver import run_sweep
     from action_ray.tuning.results import results_markdown
 
-    command = "action-ray tune " + shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else None
+    command = "action-ray tune " + shlex.join([*(["--config", args.config] if args.config else []),
+                                               *(args.overrides or ())])
     outcome = run_sweep(sweep, command=command)
     print(results_markdown(outcome.rows, sweep.tune.metric, outcome.seconds, command))
     print(f"results: {outcome.sweep_dir}/results.csv, results.md, dice_vs_label_ratio.png "

@@ -10,7 +10,6 @@ import math
 import pytest
 
 from action_ray.cli import main as cli_main
-from action_ray.tuning.space import load_sweep
 from tune_store import make_tune_store  # tests/ is on sys.path (pytest rootdir conftest)
 
 TINY = ["data.slice_size=32", "schedule.p1.iterations=4", "schedule.p2.iterations=4",
@@ -31,41 +30,39 @@ def test_dry_run_lists_the_grid_without_ray(store_url, capsys):
 
 
 @pytest.mark.slow
-def test_tiny_sweep_completes_and_writes_results(store_url, tmp_path):
+def test_tiny_sweep_completes_and_writes_results(store_url, tmp_path, capsys):
     import ray
 
-    from action_ray.tuning.driver import read_validation_log, run_sweep
+    from action_ray.tuning.driver import read_validation_log
 
-    sweep = load_sweep("tune-cpu", [
-        f"data.store={store_url}", f"tune.storage_path={tmp_path}", "tune.name=tiny",
-        "space.method={grid_search: [supervised, action]}", "space.data.label_ratio=0.34",
-        "space.draw={train.seed: 0, data.split_seed: 0}", "tune.grace_period=4", "tune.test_split=true",
-        *TINY])
+    argv = ["tune", "--config", "tune-cpu", f"data.store={store_url}", f"tune.storage_path={tmp_path}",
+            "tune.name=tiny", "space.method={grid_search: [supervised, action]}", "space.data.label_ratio=0.34",
+            "space.draw={train.seed: 0, data.split_seed: 0}", "tune.grace_period=4", "tune.test_split=true",
+            *TINY]
     try:
-        outcome = run_sweep(sweep, command="pytest tiny sweep")
+        assert cli_main(argv) == 0
     finally:
         ray.shutdown()
-    rows = {row["method"]: row for row in outcome.rows}
+    sweep_dir = tmp_path / "tiny"
+    assert "# Sweep results" in capsys.readouterr().out  # the table is printed too
+    with open(sweep_dir / "results.csv") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
     assert set(rows) == {"supervised", "action"}
     assert all(row["status"] in ("done", "stopped") for row in rows.values()), rows
     done = [row for row in rows.values() if row["status"] == "done"]
     assert done, "ASHA stops at most one of two trials"
     for row in done:
-        assert row["ft_step"] == 8 and 0.0 <= row["val_dice"] <= 1.0 and 0.0 <= row["test_dice"] <= 1.0
-        assert {"val_dice_disc", "val_dice_ring", "test_hd95_mm_disc"} <= set(row)
-        assert (row["labelled_patients"], row["train_patients"]) == (2, 6)
+        assert int(row["ft_step"]) == 8
+        assert 0.0 <= float(row["val_dice"]) <= 1.0 and 0.0 <= float(row["test_dice"]) <= 1.0
+        assert {"val_dice_disc", "val_dice_ring", "test_hd95_mm_disc", "label_fraction"} <= set(row)
+        assert (row["labelled_patients"], row["train_patients"]) == ("2", "6")
         # every FT checkpoint (steps 4 and 8) was validated; the final Tune result is the last one
         history = read_validation_log(row["run_dir"])
         assert [h["ft_step"] for h in history] == [4, 8]
-        assert math.isclose(history[-1]["val_dice"], row["val_dice"])
+        assert math.isclose(history[-1]["val_dice"], float(row["val_dice"]))
         with open(f"{row['run_dir']}/config.yaml") as handle:
             assert f"method: {row['method']}" in handle.read()
-    with open(f"{outcome.sweep_dir}/results.csv") as handle:
-        table = list(csv.DictReader(handle))
-    assert len(table) == 2 and {"val_dice", "test_dice", "method", "label_fraction"} <= set(table[0])
-    text = open(f"{outcome.sweep_dir}/results.md").read()
-    assert "`pytest tiny sweep`" in text and "| 2 (33.3 %) |" in text
-    with open(f"{outcome.sweep_dir}/dice_vs_label_ratio.png", "rb") as handle:
-        assert handle.read(4) == b"\x89PNG"
-    with open(f"{outcome.sweep_dir}/sweep.yaml") as handle:
-        assert "method:" in handle.read()  # the resolved sweep is saved beside its results
+    text = (sweep_dir / "results.md").read_text()
+    assert "`action-ray tune" in text and "| 2 (33.3 %) |" in text
+    assert (sweep_dir / "dice_vs_label_ratio.png").read_bytes()[:4] == b"\x89PNG"
+    assert "method:" in (sweep_dir / "sweep.yaml").read_text()  # the resolved sweep is kept

@@ -20,7 +20,6 @@ import argparse
 import math
 import os
 import shlex
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -187,12 +186,13 @@ def run(args: argparse.Namespace) -> int:
     sweep = load_sweep(profile.sweep, [f"data.store={store}", f"tune.storage_path={out}",
                                        f"tune.name=quality-{args.profile}", *profile.overrides,
                                        *(args.overrides or ())])
-    command = "action-ray bench quality " + shlex.join(sys.argv[3:] if len(sys.argv) > 3 else [])
+    command = "action-ray bench quality " + shlex.join(
+        ["--profile", args.profile, "--out", args.out, "--workers", str(args.workers), *(args.overrides or ())])
     outcome = run_sweep(sweep, command=command)
     total = time.perf_counter() - started
     report = "\n".join([
         f"# bench quality ({args.profile}): cardiac phantoms, {profile.patients} patients at {profile.size}²",
-        "", f"Command: `{command.strip()}`",
+        "", f"Command: `{command}`",
         f"Wall time: {total / 60:.1f} min (phantoms + store {prepared / 60:.1f} min, sweep "
         f"{outcome.seconds / 60:.1f} min, {len(outcome.rows)} trials).", "",
         quality_tables(outcome.rows), "Per-trial cost:", *timing_lines(outcome.rows), "",

@@ -284,7 +284,9 @@ def run_sweep(sweep: SweepConfig, *, command: str | None = None,
         raise ActionRayError("the sweep's base config has no data.store: pass data.store=PATH_OR_URL")
     combos = check_trials(sweep, base)
     name = sweep_name(sweep)
-    storage = sweep.tune.storage_path if is_remote(sweep.tune.storage_path) else os.path.abspath(sweep.tune.storage_path)
+    storage = sweep.tune.storage_path
+    if not is_remote(storage):
+        storage = os.path.abspath(storage)
     sweep_dir = f"{storage.rstrip('/')}/{name}"
     fs, root = filesystem_for(sweep_dir)
     fs.makedirs(root, exist_ok=True)
