@@ -18,6 +18,12 @@ from action_ray.train.steps.representation import sparse_grad_representation
 from test_steps import one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 
+def without_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
 @pytest.mark.parametrize("dims", [2, 3])
 def test_sparse_grad_head_matches_the_dense_head_when_few_pixels_get_gradient(dims):
     torch.manual_seed(dims)
@@ -106,6 +112,7 @@ def test_compiled_forwards_give_the_eager_losses(monkeypatch):
     for compile_flag in ("false", "true"):
         config = load_config("cpu-demo", [*overrides, f"train.compile={compile_flag}"])
         state = build_state(config, 3, "cpu", "p2")
+        without_dropout(state.model)  # compiled kernels may draw the masks in another order
         losses.append(p2_step(state, batch, config))
     for key in losses[0]:
         torch.testing.assert_close(losses[1][key], losses[0][key], rtol=1e-4, atol=1e-5)
@@ -127,6 +134,23 @@ def test_bench_step_prints_a_table_with_ratios(capsys):
         assert step_ms > 0 and floor_ms > 0 and ratio == pytest.approx(step_ms / floor_ms, rel=0.05)
     with pytest.raises(Exception, match="unknown"):
         bench_step.run(parser.parse_args(["--stages", "p3"]))
+
+
+@pytest.mark.parametrize("stage", ["p2", "ft"])
+def test_channels_last_gives_the_same_losses(stage):
+    from test_steps import SMALL_MODEL, ft_batch, pretrain_batch
+
+    results = []
+    for flag in ("false", "true"):
+        config = load_config("cpu-demo", ["train.num_workers=1", "data.slice_size=32", *SMALL_MODEL,
+                                           f"train.channels_last={flag}"])
+        state = build_state(config, 3, "cpu", stage)
+        without_dropout(state.model)  # bernoulli fills in memory order: the masks would differ
+        step, batch = (p2_step, pretrain_batch()) if stage == "p2" else (ft_step, ft_batch())
+        results.append([step(state, batch, config) for _ in range(2)])
+    for eager, last in zip(*results):
+        for key in eager:
+            torch.testing.assert_close(last[key], eager[key], rtol=1e-4, atol=1e-5)
 
 
 def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
