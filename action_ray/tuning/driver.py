@@ -68,24 +68,23 @@ class TrialResources:
         return max(1, fit)
 
 
-def ensure_tune_ray(sweep: SweepConfig, resources: TrialResources, log: Callable[[str], None] = print) -> None:
-    """Connect to ``RAY_ADDRESS``, or start a local Ray big enough for the requested concurrency.
+def ensure_tune_ray(sweep: SweepConfig, base: Config, resources: TrialResources,
+                    log: Callable[[str], None] = print) -> None:
+    """Connect to ``RAY_ADDRESS`` (as ``action-ray train`` does), or start a local Ray big
+    enough for the requested concurrency.
 
     With ASHA the dashboard (State API) must be up: otherwise the placement groups of stopped
     trials are never cleaned and later trials wait forever (ray-notes §6).
     """
     import ray
 
-    from action_ray.train.trainer import LOCAL_OBJECT_STORE_BYTES, RAY_ENV_DEFAULTS
+    from action_ray.train.trainer import LOCAL_OBJECT_STORE_BYTES, RAY_ENV_DEFAULTS, ensure_ray
 
-    if ray.is_initialized():
+    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
+        ensure_ray(base, log)
         return
     for key, value in RAY_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    if os.environ.get("RAY_ADDRESS"):
-        log(f"connecting to the Ray cluster at {redact(os.environ['RAY_ADDRESS'])}")
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        return
     concurrent = sweep.tune.max_concurrent_trials or 1
     num_cpus = max(os.cpu_count() or 1, math.ceil(concurrent * resources.cpus) + 1)
     num_gpus = None
@@ -200,7 +199,8 @@ def fit_run(config: Config, callbacks: list[Any]) -> dict[str, Any]:
     """``trainer.run_training`` with extra Ray Train callbacks: plan, fit, record ``result.json``.
 
     Kept to the training layer's public pieces (`plan_run`, `build_datasets`, `build_trainer`);
-    the callbacks are the only addition.
+    the callbacks are the only addition. (A ``callbacks=`` parameter on ``run_training`` would
+    make this function unnecessary.)
     """
     from action_ray.train.loop import LoopSettings
     from action_ray.train.trainer import build_datasets, build_trainer, plan_run, read_result
@@ -216,7 +216,8 @@ def fit_run(config: Config, callbacks: list[Any]) -> dict[str, Any]:
     trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), *callbacks]
     result = trainer.fit()
     summary = dict(result.return_value or {})
-    summary.update(run_name=plan.name, run_dir=plan.run_dir, stages=list(config.stages or []))
+    summary.update(run_name=plan.name, run_dir=plan.run_dir, stages=list(config.stages or []),
+                   final_checkpoint=f"{plan.run_dir}/stages/{summary.get('stage')}")
     fs, root = filesystem_for(plan.run_dir)
     with fs.open(f"{root}/result.json", "w") as handle:
         handle.write(json.dumps(summary, indent=2))
@@ -293,7 +294,7 @@ def run_sweep(sweep: SweepConfig, *, command: str | None = None,
     with fs.open(f"{root}/sweep.yaml", "w") as handle:
         handle.write(dump_sweep(sweep))
     resources = TrialResources.of(base, sweep.tune.driver_cpus)
-    ensure_tune_ray(sweep, resources, log)
+    ensure_tune_ray(sweep, base, resources, log)
     import ray
 
     cluster = ray.cluster_resources()
