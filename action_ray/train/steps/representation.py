@@ -8,7 +8,8 @@ C·M pixels of the N·H·W in the batch. `sparse_grad_representation` therefore 
 forward exactly as `RepresentationHead` does (same convolutions), keeps only its input, and in
 backward recomputes the head on the 3x3 (3x3x3) neighbourhoods of the ≤ ``max_pixels`` pixels
 whose incoming gradient is non-zero, chosen with a fixed-size ``topk`` (no host sync, static
-shapes). The gradients equal those of the dense backward up to float rounding, as long as no
+shapes). The forward runs the two linear convolutions as one (their weights multiplied), so
+its values equal the head's up to float rounding. The gradients equal those of the dense backward up to float rounding, as long as no
 more than ``max_pixels`` pixels receive gradient, which holds when the representations feed
 only the anatomical contrast with ``max_pixels >= C·M``.
 """
@@ -47,9 +48,14 @@ class _SparseGradHead(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, inputs, weight1, weight2, bias2, max_pixels: int):  # type: ignore[override]
+        # The head is linear, so conv1x1(conv3x3(x)) is one 3x3 convolution with the product of
+        # the weights: no full-resolution hidden map, and ~10 % fewer multiply-adds.
         conv = F.conv2d if inputs.dim() == 4 else F.conv3d
-        hidden = conv(inputs, weight1, padding=1)
-        out = conv(hidden, weight2, bias2)
+        out_ch, hidden_ch = weight2.shape[:2]
+        merged = (weight2.reshape(out_ch, hidden_ch) @ weight1.reshape(hidden_ch, -1)).reshape(
+            out_ch, *weight1.shape[1:]
+        )
+        out = conv(inputs, merged.to(inputs.dtype), bias2, padding=1)
         ctx.save_for_backward(inputs, weight1, weight2, bias2)
         ctx.max_pixels = int(max_pixels)
         return out
