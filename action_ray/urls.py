@@ -105,3 +105,24 @@ def redact(value: Any) -> Any:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "***")
     return text
+
+
+def storage_advice(exc: BaseException) -> str:
+    """What the user should do about ``exc``, raised while reaching a local path or object store.
+
+    s3fs connects lazily, so a misspelt ``--storage-option`` name, missing credentials and an
+    unreachable endpoint all surface at the first read, as unrelated-looking exceptions. Callers
+    put this advice after the exception's own text in a one-line error.
+    """
+    name = type(exc).__name__
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
+        return ("a --storage-option name is not known to the filesystem: check its spelling "
+                "(s3: endpoint_url, key, secret, token, anon, client_kwargs.region_name)")
+    if name in ("NoCredentialsError", "PartialCredentialsError"):
+        return ("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or --storage-option key=... secret=...), "
+                "or --storage-option anon=true for a public bucket")
+    if isinstance(exc, PermissionError):
+        return "check the credentials (AWS_* variables or --storage-option key=/secret=) and the bucket policy"
+    if isinstance(exc, (NotADirectoryError, IsADirectoryError)):
+        return "a file stands where a folder is expected (or the reverse): check the path"
+    return "check the endpoint/bucket is reachable (AWS_ENDPOINT_URL or --storage-option endpoint_url=...)"

@@ -126,3 +126,33 @@ def test_folder_layout_without_recipe_and_bad_workers_are_one_line_errors(tmp_pa
     assert "needs --recipe" in capsys.readouterr().err
     assert main(["ingest", str(tmp_path / "src"), str(tmp_path / "s.zarr"), "--layout", "lits", "--workers", "0"]) == 2
     assert "--workers" in capsys.readouterr().err
+
+
+def test_unreachable_or_misconfigured_source_is_one_line_naming_src_without_secrets(tmp_path, capsys):
+    from conftest import free_port
+
+    secrets = ["--storage-option", "key=AKIA-PRIVATE-ID", "--storage-option", "secret=PRIVATE-SECRET-VALUE"]
+    dst = tmp_path / "s.zarr"
+    nobody = f"endpoint_url=http://127.0.0.1:{free_port()}"  # nothing listens there: connection refused
+    rc = main(["ingest", "s3://scans/acdc", str(dst), "--layout", "acdc", "--no-progress", *secrets,
+               "--storage-option", nobody, "--storage-option", "config_kwargs.retries.max_attempts=1"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "source s3://scans/acdc: cannot list or read it" in err and "endpoint" in err
+    assert "PRIVATE" not in err and not dst.exists()
+
+    rc = main(["ingest", "s3://scans/acdc", str(dst), "--layout", "acdc", "--no-progress", *secrets,
+               "--storage-option", "endpont_url=http://127.0.0.1:9"])  # misspelt option name
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1, err
+    assert "endpont_url" in err and "--storage-option name is not known" in err and "PRIVATE" not in err
+
+
+def test_dst_that_is_a_file_is_refused_and_left_alone(tmp_path, capsys):
+    write_lits(tmp_path / "src", 1)
+    dst = tmp_path / "notes.txt"
+    dst.write_text("keep me")
+    assert main(["ingest", str(tmp_path / "src"), str(dst), "--layout", "lits", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(dst) in err and "is a file" in err
+    assert dst.read_text() == "keep me"

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Callable
 
-from action_ray.errors import ActionRayError, CaseError
+from action_ray.errors import ActionRayError, CaseError, StoreError
 from action_ray.ingest.layouts import Collection, SourceCase, discover
 from action_ray.ingest.splits import assign_splits
 from action_ray.ingest.validate import AFFINE_TOLERANCE_MM, load_case
 from action_ray.recipes import DEFAULT_RECIPE_FOR_LAYOUT, Recipe, load_recipe, load_split_file
-from action_ray.urls import filesystem_for, redact
+from action_ray.urls import filesystem_for, redact, storage_advice
 
 #: Exit code of a run that finished but skipped bad cases (2 is reserved for errors that stop it).
 EXIT_SKIPPED_CASES = 3
@@ -189,6 +189,23 @@ def check_existing_splits(existing: dict[str, Any], cases: list[SourceCase], spl
             )
 
 
+def read_source(options: IngestOptions) -> tuple[Recipe, Collection]:
+    """The recipe and the discovered cases; any storage failure becomes one line naming SRC.
+
+    This is the first place a run touches SRC, so a wrong endpoint, missing credentials or a
+    misspelt ``--storage-option`` show up here, before anything is written to DST.
+    """
+    try:
+        recipe = resolve_recipe(options)
+        fs, root = filesystem_for(options.src, options.storage_options)
+        return recipe, discover(options.layout, fs, root, csv_name=options.csv)
+    except ActionRayError:
+        raise
+    except Exception as exc:
+        raise StoreError(redact(f"source {options.src}: cannot list or read it ({type(exc).__name__}: {exc}); "
+                                f"{storage_advice(exc)}")) from None
+
+
 def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> IngestReport:
     """Ingest ``options.src`` into ``options.dst``; returns per-case results and notes."""
     import dask
@@ -201,9 +218,7 @@ def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> In
     _source_fs.cache_clear()
     if options.scheduler not in SCHEDULERS:
         raise ActionRayError(f"--scheduler {options.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-    recipe = resolve_recipe(options)
-    fs, root = filesystem_for(options.src, options.storage_options)
-    collection = discover(options.layout, fs, root, csv_name=options.csv)
+    recipe, collection = read_source(options)
     notes: list[str] = []
     classes, modality = plan_classes(recipe, collection, notes)
     split_file = load_split_file(options.split_file) if options.split_file else recipe.split_assignment()

@@ -32,7 +32,9 @@ from action_ray.store.schema import (
     dataset_attrs, info_from_attrs, intensity_stats, label_voxel_counts,
     validate_meta,
 )
-from action_ray.urls import SECRET_OPTION_NAMES, filesystem_for, is_remote, redact, storage_options_from_env
+from action_ray.urls import (
+    SECRET_OPTION_NAMES, filesystem_for, is_remote, redact, storage_advice, storage_options_from_env,
+)
 
 _ZARR_JSON = "zarr.json"
 
@@ -117,10 +119,8 @@ class VolumeStore:
         except PermissionError as exc:
             raise self._error(f"access denied reading {key}",
                               "check the credentials (AWS_* variables or --storage-option key=/secret=)", exc) from None
-        except Exception as exc:  # connection refused, DNS, timeouts, botocore errors
-            raise self._error(f"cannot read {key}",
-                              "check the endpoint/bucket is reachable (AWS_ENDPOINT_URL or "
-                              "--storage-option endpoint_url=...)", exc) from None
+        except Exception as exc:  # connection refused, DNS, timeouts, botocore errors, bad options
+            raise self._error(f"cannot read {key}", storage_advice(exc), exc) from None
         try:
             return json.loads(raw)
         except ValueError as exc:
@@ -407,8 +407,7 @@ def create_store(url: str, *, name: str, modality: str, layout: str, classes: di
     try:
         exists = _zarr_root_exists(url, storage_options)
     except Exception as exc:
-        raise probe._error("cannot check whether a store exists", "check the endpoint/bucket is reachable",
-                           exc) from None
+        raise probe._error("cannot check whether a store exists", storage_advice(exc), exc) from None
     if exists:
         store = VolumeStore(url, storage_options)
         if not exist_ok:
@@ -421,6 +420,8 @@ def create_store(url: str, *, name: str, modality: str, layout: str, classes: di
     probe._connect()
     try:
         fs, root = probe._fs, probe._root
+        if not is_remote(url) and fs.isfile(root):
+            raise probe._error("this is a file, not a folder", "give a new path (e.g. ending in .zarr) for the store")
         if not is_remote(url) and fs.exists(root) and fs.ls(root):
             raise probe._error("the directory exists, is not empty and is not a store",
                                "choose an empty or new directory")
