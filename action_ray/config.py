@@ -219,16 +219,42 @@ class StageConfig(_Section):
     @model_validator(mode="after")
     def _nesterov(self) -> "StageConfig":
         if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov=true needs momentum > 0 (torch.optim.SGD rejects it)")
+            raise ValueError(
+                "nesterov=true needs momentum > 0 (torch.optim.SGD rejects it); FT uses Nesterov "
+                "by default, so set nesterov=false together with momentum=0"
+            )
         return self
+
+
+#: Where a stage's defaults differ from `StageConfig`'s (FT alone uses Nesterov, §6.7). A
+#: partial stage block (``ft: {iterations: 100}`` or ``schedule.ft.iterations=5``) is merged
+#: onto these, so naming one key never silently resets the others to another stage's values.
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {"p1": {}, "p2": {}, "ft": {"nesterov": True}}
 
 
 class ScheduleConfig(_Section):
     """Per-stage settings; FT alone uses Nesterov (§6.7)."""
 
-    p1: StageConfig = Field(default_factory=StageConfig)
-    p2: StageConfig = Field(default_factory=StageConfig)
-    ft: StageConfig = Field(default_factory=lambda: StageConfig(nesterov=True))
+    p1: StageConfig = Field(default_factory=lambda: StageConfig(**STAGE_DEFAULTS["p1"]))
+    p2: StageConfig = Field(default_factory=lambda: StageConfig(**STAGE_DEFAULTS["p2"]))
+    ft: StageConfig = Field(default_factory=lambda: StageConfig(**STAGE_DEFAULTS["ft"]))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _merge_stage_defaults(cls, values: Any) -> Any:
+        """Fill the keys a stage block leaves out from that stage's defaults, not StageConfig's.
+
+        An empty block (``ft:`` with nothing under it) means "all defaults".
+        """
+        if not isinstance(values, dict):
+            return values
+        merged = dict(values)
+        for name, defaults in STAGE_DEFAULTS.items():
+            if name in merged and merged[name] is None:
+                del merged[name]
+            elif isinstance(merged.get(name), dict):
+                merged[name] = {**defaults, **merged[name]}
+        return merged
 
 
 # ---------------------------------------------------------------------------------- distill
