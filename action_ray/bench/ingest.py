@@ -50,9 +50,10 @@ def write_random_acdc(out: Path, n_volumes: int, size: int, slices: int, seed: i
     for patient in range(1, (n_volumes + 1) // 2 + 1):
         pdir = out / "training" / f"patient{patient:03d}"
         pdir.mkdir(parents=True, exist_ok=True)
-        frames = (1, 10)
-        (pdir / "Info.cfg").write_text(f"ED: {frames[0]}\nES: {frames[1]}\nGroup: NOR\nNbFrame: 20\n")
-        for frame in frames[: n_volumes - 2 * (patient - 1)]:
+        # an odd collection size ends with a one-volume patient: ED == ES, which ingest reads as one case
+        frames = (1, 10)[: n_volumes - 2 * (patient - 1)]
+        (pdir / "Info.cfg").write_text(f"ED: {frames[0]}\nES: {frames[-1]}\nGroup: NOR\nNbFrame: 20\n")
+        for frame in frames:
             coarse = rng.normal(size=(size // 16, size // 16, slices)).astype(np.float32)
             image = zoom(coarse, (16, 16, 1), order=1) * 200 + 400 + rng.normal(0, 20, (size, size, slices))
             label = np.digitize(image, [450, 550, 650]).astype(np.uint8)
