@@ -99,3 +99,19 @@ def s3_env(s3_server, monkeypatch):
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     return s3_server
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module (``pytestmark = usefixtures(...)``).
+
+    The method's tests use tiny tensors and convolutions: a second thread gains nothing and, on
+    a 2-core CI runner shared with other test processes, only spins. The previous thread count
+    is restored after the module.
+    """
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

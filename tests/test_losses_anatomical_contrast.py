@@ -16,13 +16,7 @@ from action_ray.losses import ClassKeyBank, anatomical_contrast_loss
 P_VALUE_FLOOR = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """These tensors are tiny: intra-op threads only add contention on a shared 2-core CI box."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def make_batch(num_images=3, dim=5, spatial=(6, 7), num_classes=4, seed=0,

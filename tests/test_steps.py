@@ -36,13 +36,7 @@ SMALL_MODEL = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny convolutions gain nothing from a second thread; on a shared runner it only spins."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def make_config(*overrides: str):
@@ -281,3 +275,8 @@ def test_full_p2_step_stays_finite_for_200_steps_at_sharp_teacher_temperature():
         losses.append(torch.stack(list(p2_step(state, batch, config).values())))
     assert torch.isfinite(torch.stack(losses)).all()
     assert all(torch.isfinite(p).all() for p in state.model.parameters())
+
+
+def test_the_module_runs_with_one_torch_thread():
+    """The conftest fixture is in effect (CI runners have 2 cores, so the default is 2)."""
+    assert torch.get_num_threads() == 1

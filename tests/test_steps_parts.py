@@ -15,7 +15,8 @@ from action_ray.train.optim import PolyDecay, build_optimizer, poly_schedule
 from action_ray.train.state import build_model, build_state
 from action_ray.train.steps import ft_step, p2_step
 from action_ray.train.steps.representation import sparse_grad_representation
-from test_steps import one_torch_thread  # noqa: F401  (autouse fixture: one torch thread)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
 
 def without_dropout(model: torch.nn.Module) -> None:
