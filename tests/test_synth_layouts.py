@@ -85,7 +85,7 @@ def test_synth_cli_workers_give_identical_bytes_and_resume_skips(tmp_path, kind,
     assert main(["synth", kind, "--out", str(one), "--cases", "2", "--workers", "1", "--seed", "4"]) == 0
     assert main(["synth", kind, "--out", str(two), "--cases", "2", "--workers", "2", "--seed", "4"]) == 0
     first = _tree(one)
-    assert len(first) == (11 if kind == "cardiac" else 5)  # + the recipe hint
+    assert len(first) == (12 if kind == "cardiac" else 6)  # + the recipe hint and the manifest
     assert first == _tree(two)
 
     # Resume: a complete case is never rewritten; a case with a missing file is regenerated.
@@ -123,7 +123,8 @@ def test_synth_cli_removes_parts_left_by_a_killed_run(tmp_path):
     stale = tmp_path / ".volume-0.nii.12345.part"
     stale.write_bytes(b"half a file")
     assert main(["synth", "liver", "--out", str(tmp_path), "--cases", "1", "--workers", "1"]) == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["action-ray-recipe.txt", "segmentation-0.nii", "volume-0.nii"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["action-ray-recipe.txt", "action-ray-synth.json",
+                                                          "segmentation-0.nii", "volume-0.nii"]
 
 
 def test_bench_phantoms_prints_measurements_next_to_targets(capsys):
@@ -133,3 +134,16 @@ def test_bench_phantoms_prints_measurements_next_to_targets(capsys):
         line = next(line for line in out.splitlines() if line.startswith(row))
         assert len(line.split("  ")) >= 3, line  # quantity, measured, target
     assert "0.0093" in out and "48" in out  # the phantoms.md targets are shown
+
+
+def test_synth_refuses_to_resume_a_folder_made_with_another_seed_size_or_kind(tmp_path, capsys):
+    out = tmp_path / "liver"
+    assert main(["synth", "liver", "--out", str(out), "--cases", "1", "--workers", "1", "--seed", "3"]) == 0
+    before = _tree(out)
+    for argv in (["liver", "--seed", "4"], ["liver", "--seed", "3", "--size", "256"], ["cardiac", "--seed", "3"]):
+        capsys.readouterr()
+        assert main(["synth", *argv, "--out", str(out), "--cases", "2", "--workers", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and str(out) in err and "synth liver --seed 3 --size 128" in err, err
+        assert _tree(out) == before  # nothing written, the recipe hint untouched
+    assert (out / "action-ray-recipe.txt").read_text() == "phantom-liver\n"

@@ -20,6 +20,11 @@ KINDS = ("cardiac", "liver")
 RECIPE_HINT_FILE = "action-ray-recipe.txt"
 RECIPE_FOR_KIND = {"cardiac": "phantom-cardiac", "liver": "phantom-liver"}
 
+#: A file at the collection root recording what generated it (kind, seed, size). Resuming skips
+#: cases whose files exist, so without it a rerun with another --seed or --size would silently
+#: mix two collections in one folder (and another kind would change the recipe hint).
+MANIFEST_FILE = "action-ray-synth.json"
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=KINDS, help="cardiac -> ACDC layout, liver -> LiTS layout")
@@ -77,6 +82,27 @@ def _check_args(args: argparse.Namespace) -> Path:
     return out
 
 
+def check_manifest(out: Path, kind: str, seed: int, size: int) -> bytes:
+    """The manifest for these options; refuse a folder that was generated with other ones."""
+    import json
+
+    wanted = {"kind": kind, "seed": int(seed), "size": int(size)}
+    path = out / MANIFEST_FILE
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except ValueError:
+            found = None
+        if not isinstance(found, dict) or any(found.get(k) != v for k, v in wanted.items()):
+            before = (" ".join(f"--{k} {found.get(k)}" if k != "kind" else str(found.get(k)) for k in wanted)
+                      if isinstance(found, dict) else "unreadable options")
+            raise ActionRayError(
+                f"--out {out} already holds phantoms made as `synth {before}` ({path}); resuming with "
+                f"`synth {kind} --seed {seed} --size {size}` would mix two collections: pass the same "
+                "kind/--seed/--size to add or finish cases, or choose another --out")
+    return (json.dumps(wanted, sort_keys=True) + "\n").encode()
+
+
 def _make_case_star(job: tuple) -> int:
     return make_case(*job)
 
@@ -121,10 +147,11 @@ def run(args: argparse.Namespace) -> int:
     _remove_stale_parts(out)
     from action_ray.synth.layouts import write_atomic
 
-    hint = (RECIPE_FOR_KIND[args.kind] + "\n").encode()
-    hint_path = out / RECIPE_HINT_FILE
-    if not hint_path.exists() or hint_path.read_bytes() != hint:
-        write_atomic(hint_path, hint)
+    manifest = check_manifest(out, args.kind, args.seed, args.size)
+    for path, content in ((out / MANIFEST_FILE, manifest),
+                          (out / RECIPE_HINT_FILE, (RECIPE_FOR_KIND[args.kind] + "\n").encode())):
+        if not path.exists() or path.read_bytes() != content:  # unchanged files keep their mtime
+            write_atomic(path, content)
     pending = [i for i in range(args.cases) if not _is_complete(args.kind, out, i)]
     skipped = args.cases - len(pending)
     unit = "patient" if args.kind == "cardiac" else "volume"
