@@ -65,3 +65,16 @@ def test_info_missing_store_is_one_line_error(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing.zarr")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "missing.zarr" in err and "no store here" in err
+
+
+def test_info_into_a_pipe_closed_early_is_quiet(tmp_path):
+    """`action-ray info STORE --json | head -c 10`: no BrokenPipeError traceback, exit 0."""
+    import subprocess
+    import sys
+
+    store, _ = make_store(tmp_path / "s.zarr")
+    proc = subprocess.Popen([sys.executable, "-m", "action_ray.cli", "info", store.url, "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes (it is still importing)
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and "Traceback" not in err, err

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 from typing import Any
 
 
@@ -104,5 +106,8 @@ def run(args: argparse.Namespace) -> int:
 
     store = open_store(args.store, parse_storage_options(args.storage_option))
     summary = summarise(store)
-    print(json.dumps(summary) if args.json else format_table(summary))
+    try:
+        print(json.dumps(summary) if args.json else format_table(summary), flush=True)
+    except BrokenPipeError:  # `action-ray info STORE --json | head`: the reader left early, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
     return 0
