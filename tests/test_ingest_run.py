@@ -41,10 +41,18 @@ def test_acdc_round_trip_is_bit_exact_with_metadata(tmp_path):
         assert info.patient_id == w.patient_id and info.spacing == (6.0, 1.25, 1.5)
         assert info.source["image"].endswith(w.image.name) and info.source["label"].endswith(w.label.name)
         assert info.extra["phase"] in ("ED", "ES") and info.extra["group"]
-    # the ACDC recipe's split file decides, and both frames of a patient agree
-    split_of = {}
-    for info in infos.values():
-        assert split_of.setdefault(info.patient_id, info.split) == info.split
+    # the ACDC recipe's split file (datasets/acdc/acdc-split.yaml) decides, for both frames of a patient
+    from action_ray.recipes import load_recipe
+
+    split_file = load_recipe("acdc").split_assignment()
+    assert {info.patient_id: info.split for info in infos.values()} == {
+        p: split_file[p] for p in ("patient001", "patient002", "patient003")}
+    # a 3-D patch read back equals the same box of the source NIfTI, voxel for voxel
+    box = (slice(1, 4), slice(3, 11), slice(None, 17))
+    for w in written[:2]:
+        image, label = store.read_patch(w.case_id, box)
+        np.testing.assert_array_equal(image, expected_arrays(w.image)[box])
+        np.testing.assert_array_equal(label, expected_arrays(w.label)[box])
 
 
 def test_rerun_is_a_no_op_and_overwrite_is_explicit(tmp_path):
