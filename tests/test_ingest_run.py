@@ -12,7 +12,7 @@ from action_ray.cli import main
 from action_ray.errors import ActionRayError
 from action_ray.ingest.runner import EXIT_SKIPPED_CASES, IngestOptions, run_ingest
 from action_ray.store import open_store
-from niftis import expected_arrays, make_volume, save, truncate_gzip, write_acdc, write_folder, write_lits
+from niftis import expected_arrays, make_affine, make_volume, save, truncate_gzip, write_acdc, write_folder, write_lits
 
 
 def ingest(src: Path, dst: Path, layout: str, **kwargs):
@@ -92,7 +92,7 @@ def test_split_file_option_and_patch_chunking(tmp_path):
 
 def test_bad_cases_are_skipped_reported_and_the_rest_ingested(tmp_path, capsys):
     src = tmp_path / "src"
-    written = write_folder(src, 8, with_patient=False)
+    written = write_folder(src, 12, with_patient=False)
     truncate_gzip(written[0].image)
     save(written[1].label, make_volume(seed=1, shape=(20, 16, 4))[1])          # shape mismatch
     image, _ = make_volume(seed=2)
@@ -101,6 +101,13 @@ def test_bad_cases_are_skipped_reported_and_the_rest_ingested(tmp_path, capsys):
     _, label = make_volume(seed=3, n_classes=2)
     label[1, 1, 1] = 9
     save(written[3].label, label)                                                # undeclared class
+    _, label = make_volume(seed=4, n_classes=2)
+    save(written[4].label, label, make_affine(origin=(-9.0, 20.0, 5.0)))         # label grid shifted 1 mm
+    save(written[5].label, make_volume(seed=5, n_classes=2)[1].astype(np.float32) * 0.5)  # non-integer
+    image, _ = make_volume(seed=6)
+    image[2, 2, 2] = -np.inf
+    save(written[6].image, image)                                                # Inf
+    save(written[7].image, np.zeros((20, 16, 5), np.float32))                    # empty (blank) volume
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("name: t\ntitle: test\nmodality: CT\nlayout: folder\nclasses: {0: bg, 1: organ}\n"
                       "normalisation: {method: zscore}\nsplit: {rule: seed}\n")
@@ -108,13 +115,15 @@ def test_bad_cases_are_skipped_reported_and_the_rest_ingested(tmp_path, capsys):
                "--no-progress", "--workers", "2"])
     out = capsys.readouterr().out
     assert rc == EXIT_SKIPPED_CASES
-    assert "4 written, 0 already complete, 4 skipped" in out
+    assert "4 written, 0 already complete, 8 skipped" in out
     for bad, reason in [(written[0].image, "truncated or corrupt gzip"), (written[1].label, "label shape"),
-                        (written[2].image, "NaN"), (written[3].label, "label values [9]")]:
+                        (written[2].image, "NaN"), (written[3].label, "label values [9]"),
+                        (written[4].label, "label affine differs"), (written[5].label, "non-integer"),
+                        (written[6].image, "1 Inf"), (written[7].image, "constant")]:
         line = next(l for l in out.splitlines() if str(bad) in l)
         assert reason in line
     store = open_store(str(tmp_path / "s.zarr"))
-    assert sorted(i.case_id for i in store.list_cases()) == [w.case_id for w in written[4:]]
+    assert sorted(i.case_id for i in store.list_cases()) == [w.case_id for w in written[8:]]
     assert store.incomplete_cases() == []
 
 
