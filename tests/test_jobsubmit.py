@@ -1,0 +1,149 @@
+"""``ray job submit`` of ``action-ray train`` to a cluster this test starts and stops itself.
+
+The head runs with its own ``--temp-dir`` and ports on 127.0.0.1, token auth disabled
+(ray-notes §7), and is stopped by the PIDs of its own processes, never with ``ray stop``
+(which would end every Ray process on the machine, other tests' included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+import pytest
+
+from action_ray.train.trainer import read_metrics, read_result
+from tests.conftest import free_port
+from tests.test_train_ray import make_tiny_store
+
+pytestmark = pytest.mark.slow
+
+BIN = os.path.dirname(sys.executable)
+JOB_CONFIG = """\
+# what the job trains: a tiny cpu-demo
+stages: [p2, ft]
+data: {slice_size: 32, labelled_patients: 1, ft_labelled_batch: 2, ft_unlabelled_batch: 2}
+model: {preset: cpu, global_hidden: 64, global_dim: 64, representation_dim: 32, local_pooling: 4,
+        cut_size: 16, cut_stride: 8}
+schedule: {p2: {iterations: 3}, ft: {iterations: 3}}
+ft: {num_queries: 8, num_negatives: 16}
+train: {num_workers: 2, cpus_per_worker: 0.5, report_every: 1, checkpoint_every: 3,
+        collective_timeout_s: 60, run_name: submitted}
+"""
+
+
+def cluster_processes(temp_dir: str, gcs_port: int) -> list[psutil.Process]:
+    """Every process of the cluster: cmdline names our temp dir or GCS port, plus descendants."""
+    roots = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if temp_dir in cmdline or f":{gcs_port}" in cmdline:
+            roots.append(proc)
+    found = {p.pid: p for p in roots}
+    for proc in roots:
+        try:
+            found.update({c.pid: c for c in proc.children(recursive=True)})
+        except psutil.NoSuchProcess:
+            pass
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def stop_cluster(temp_dir: str, gcs_port: int) -> None:
+    """SIGTERM our cluster's processes, SIGKILL what is left after 5 s (gcs/raylet ignore TERM)."""
+    procs = cluster_processes(temp_dir, gcs_port)
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+
+
+@pytest.fixture()
+def head(tmp_path):
+    temp_dir = tempfile.mkdtemp(prefix="ar-ray-", dir="/tmp")  # short: Ray's socket paths have a limit
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    start = [f"{BIN}/ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+             f"--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
+             "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats"]
+    try:
+        # to a file, not a pipe: the daemons `ray start` leaves behind inherit its output handles,
+        # so a pipe would never reach EOF
+        with open(os.path.join(temp_dir, "ray-start.log"), "w") as log:
+            subprocess.run(start, env=env, check=True, stdout=log, stderr=subprocess.STDOUT, timeout=120)
+        yield f"http://127.0.0.1:{dashboard}", env, f"127.0.0.1:{port}"
+    finally:
+        stop_cluster(temp_dir, port)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert not cluster_processes(temp_dir, port)
+
+
+def ray_job(address: str, env: dict, *args: str, timeout: int = 120) -> str:
+    verb, *rest = args
+    done = subprocess.run([f"{BIN}/ray", "job", verb, "--address", address, *rest], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    return done.stdout + done.stderr
+
+
+def submit_when_ready(address: str, env: dict, entrypoint: list[str], workdir: str, runtime_env: str) -> str:
+    """``ray job submit --no-wait``; the head's job agent comes up a few seconds after
+    ``ray start`` returns, so retry while it says so. Returns the submission id."""
+    for _ in range(40):
+        output = ray_job(address, env, "submit", "--no-wait", "--working-dir", workdir,
+                         "--runtime-env-json", runtime_env, "--", *entrypoint)
+        if "No available agent to submit job" not in output:
+            match = re.search(r"raysubmit_\w+", output)
+            assert match, output[-3000:]
+            return match.group(0)
+        time.sleep(3)
+    pytest.fail("the head's job agent never became available")
+
+
+def test_ray_job_submit_trains_and_writes_the_run(head, tmp_path):
+    address, env, gcs_address = head
+    store = str(tmp_path / "store.zarr")
+    make_tiny_store(store)
+    storage = str(tmp_path / "runs")
+    workdir = tmp_path / "job"
+    workdir.mkdir()
+    (workdir / "job.yaml").write_text(JOB_CONFIG)
+    entrypoint = [f"{BIN}/action-ray", "train", "--config", "job.yaml", f"data.store={store}",
+                  f"train.storage_path={storage}"]
+    # RAY_ADDRESS for every process of the job: Ray Train's placement-group cleaner queries the
+    # State API, which cannot tell clusters apart when several run on one machine (CI, laptops)
+    runtime_env = json.dumps({"env_vars": {"RAY_ADDRESS": gcs_address}})
+    started = time.time()
+    job_id = submit_when_ready(address, env, entrypoint, str(workdir), runtime_env)
+    status = ""
+    while time.time() - started < 400:
+        status = ray_job(address, env, "status", job_id)
+        if any(word in status for word in ("SUCCEEDED", "succeeded", "FAILED", "failed", "STOPPED")):
+            break
+        time.sleep(2)
+    logs = ray_job(address, env, "logs", job_id)
+    assert "succeeded" in status.lower(), status[-2000:] + logs[-4000:]
+    run_dir = f"{storage}/submitted"
+    result = read_result(run_dir)
+    assert result is not None and result["stage"] == "ft" and result["step"] == 3
+    rows = read_metrics(run_dir)
+    assert [(r["stage"], r["step"]) for r in rows] == [("p2", 1), ("p2", 2), ("p2", 3),
+                                                       ("ft", 1), ("ft", 2), ("ft", 3)]
+    assert os.path.exists(f"{run_dir}/stages/ft/state.pt") and os.path.exists(f"{run_dir}/config.yaml")
+    assert "config " in logs and "[ft 3/3]" in logs  # the resolved config and rank-0 progress
+    print(f"job round trip {time.time() - started:.1f} s")
