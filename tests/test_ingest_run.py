@@ -134,6 +134,7 @@ def test_acdc_missing_gt_is_reported_and_the_other_frame_ingested(tmp_path, caps
     rc = main(["ingest", str(tmp_path / "src"), str(tmp_path / "s.zarr"), "--layout", "acdc", "--no-progress"])
     out = capsys.readouterr().out
     assert rc == EXIT_SKIPPED_CASES and str(missing) in out and "declared in Info.cfg" in out
+    assert "run the same command again" in out.splitlines()[-1]
     assert [i.case_id for i in open_store(str(tmp_path / "s.zarr")).list_cases()] == ["patient001_frame01"]
 
 

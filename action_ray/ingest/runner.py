@@ -281,4 +281,6 @@ def format_report(report: IngestReport) -> str:
         lines.append("skipped cases:")
         lines.append(f"  {'case'.ljust(width)}  reason")
         lines += [f"  {r.case_id.ljust(width)}  {r.reason}" for r in failed]
+        lines.append("fix or replace those files and run the same command again: "
+                     "complete cases are kept and only the skipped ones are read")
     return "\n".join(lines)
