@@ -223,6 +223,52 @@ def _restore(state, checkpoint: Checkpoint, rank: int) -> None:
     restore_rng(mine["rng"])
 
 
+def _starting_state(config: Config, settings: LoopSettings, device: torch.device, rank: int,
+                    resume: Checkpoint | None, init: Checkpoint | None):
+    """(state or None, data position, index of the first stage to train) for a new session."""
+    from action_ray.train.state import build_state
+
+    stages = list(config.stages or [])
+    if resume is not None:
+        if resume.stage not in stages:
+            raise ConfigError(f"the checkpoint is in stage {resume.stage}, which this run does not train ({stages})")
+        state = build_state(config, settings.num_classes, device, resume.stage)
+        _restore(state, resume, rank)
+        return state, resume.data_position, stages.index(resume.stage) + (1 if resume.stage_done else 0)
+    if init is not None:
+        state = build_state(config, settings.num_classes, device, init.stage)
+        _restore(state, init, rank)
+        return state, DataPosition(), 0
+    return None, DataPosition(), 0
+
+
+def _window_metrics(state, position: DataPosition, sums: dict[str, torch.Tensor], steps: int,
+                    seconds: float) -> dict[str, Any]:
+    """One report: mean losses over the window (the only host sync), lr, speed, replica check."""
+    metrics = {
+        "stage": state.stage,
+        "step": state.step,
+        "epoch": position.epoch,
+        **{name: float(total) / steps for name, total in sums.items()},
+        "lr": float(state.optimizer.param_groups[0]["lr"]),
+        "it_per_s": steps / seconds if seconds > 0 else 0.0,
+        "time": time.time(),
+    }
+    metrics["replicas_identical"] = len(set(_gather_objects(replica_digest(state)))) == 1
+    return metrics
+
+
+def _checkpoint(state, position: DataPosition, settings: LoopSettings, history: list[dict[str, Any]],
+                stage_done: bool) -> Checkpoint:
+    """Everything to continue from here, with the RNG streams of every rank (a collective)."""
+    rngs = _gather_objects({"generator": state.generator.get_state(), "rng": capture_rng()})
+    return Checkpoint(
+        stage=state.stage, step=state.step, train_state=state.state_dict(), rank_rng=rngs,
+        data_position=position, config=settings.config, label_split=settings.label_split,
+        metrics=list(history), stage_done=stage_done,
+    )
+
+
 def run_stages(
     config: Config,
     settings: LoopSettings,
@@ -236,31 +282,18 @@ def run_stages(
     """Train every stage of ``config.stages`` from ``resume`` (or ``init``, or scratch).
 
     ``init`` is the final checkpoint of the stage before the first one in ``config.stages``
-    (``train.init_from``). Returns a summary (stage, step, interrupted).
+    (``train.init_from``). Every rank reports at the same steps (``report`` is a barrier).
+    Returns a summary ``{"stage", "step", "interrupted"}``.
     """
     from action_ray.distributed import rank as current_rank
     from action_ray.train.state import build_state
     from action_ray.train.steps import step_function
 
     rank = current_rank()
-    stages = list(config.stages or [])
     history: list[dict[str, Any]] = list(resume.metrics) if resume else []
-    position = DataPosition()
-    state = None
-    if resume is not None:
-        if resume.stage not in stages:
-            raise ConfigError(f"the checkpoint is in stage {resume.stage}, which this run does not train ({stages})")
-        state = build_state(config, settings.num_classes, device, resume.stage)
-        _restore(state, resume, rank)
-        position = resume.data_position
-        first = stages.index(resume.stage) + (1 if resume.stage_done else 0)
-    else:
-        first = 0
-        if init is not None:
-            state = build_state(config, settings.num_classes, device, init.stage)
-            _restore(state, init, rank)
+    state, position, first = _starting_state(config, settings, device, rank, resume, init)
     steps_this_session = 0
-    for stage in stages[first:]:
+    for stage in list(config.stages or [])[first:]:
         if state is None:
             state = build_state(config, settings.num_classes, device, stage)
         elif state.stage != stage:
@@ -268,13 +301,11 @@ def run_stages(
             broadcast_from_rank0(state.model)
             position = DataPosition()
         iterations = config.stage(stage).iterations
-        if state.step >= iterations:
-            continue
         step_fn = step_function(config.method, stage)
         stream = batches(stage, position)
         sums: dict[str, torch.Tensor] = {}
         window_start, window_steps = time.perf_counter(), 0
-        if rank == 0:
+        if rank == 0 and state.step < iterations:
             log(f"stage {stage}: steps {state.step + 1}..{iterations} from epoch {position.epoch}, "
                 f"batch {position.batches}")
         while state.step < iterations:
@@ -289,35 +320,20 @@ def run_stages(
             done = state.step >= iterations
             if state.step % config.train.report_every and not done:
                 continue
-            elapsed = time.perf_counter() - window_start
-            metrics = {
-                "stage": stage,
-                "step": state.step,
-                "epoch": position.epoch,
-                **{name: float(total) / window_steps for name, total in sums.items()},
-                "lr": float(state.optimizer.param_groups[0]["lr"]),
-                "it_per_s": window_steps / elapsed if elapsed > 0 else 0.0,
-                "time": time.time(),
-            }
-            digests = _gather_objects(replica_digest(state))
-            metrics["replicas_identical"] = len(set(digests)) == 1
+            metrics = _window_metrics(state, position, sums, window_steps, time.perf_counter() - window_start)
             history.append(metrics)
             checkpoint = None
             if done or state.step % config.train.checkpoint_every == 0:
-                rngs = _gather_objects({"generator": state.generator.get_state(), "rng": capture_rng()})
-                checkpoint = Checkpoint(
-                    stage=stage, step=state.step, train_state=state.state_dict(), rank_rng=rngs,
-                    data_position=position, config=settings.config, label_split=settings.label_split,
-                    metrics=list(history), stage_done=done,
-                )
+                checkpoint = _checkpoint(state, position, settings, history, stage_done=done)
             if rank == 0:
-                shown = " ".join(f"{k} {metrics[k]:.4f}" for k in sums)
+                shown = " ".join(f"{name} {metrics[name]:.4f}" for name in sums)
                 log(f"[{stage} {state.step}/{iterations}] {shown} | {metrics['it_per_s']:.2f} it/s"
                     + (" | checkpoint" if checkpoint else ""))
             reporter.report(metrics, history, checkpoint)
             sums, window_start, window_steps = {}, time.perf_counter(), 0
-    final = state.stage if state is not None else (stages[-1] if stages else None)
-    return {"stage": final, "step": state.step if state is not None else 0, "interrupted": False}
+    if state is None:
+        return {"stage": None, "step": 0, "interrupted": False}
+    return {"stage": state.stage, "step": state.step, "interrupted": False}
 
 
 # ------------------------------------------------------------------------------- Ray glue
