@@ -52,6 +52,15 @@ def test_info_cfg_without_es_is_rejected():
         parse_info_cfg("ED: 1\nGroup: NOR\n", "x/Info.cfg")
 
 
+def test_acdc_malformed_info_cfg_skips_only_that_patient(tmp_path):
+    write_acdc(tmp_path, 2)
+    (tmp_path / "training/patient002/Info.cfg").write_text("ED 1\nES twelve\n")
+    cases = by_id(discover("acdc", FS, str(tmp_path)))
+    assert cases["patient001_frame01"].problem is None and cases["patient001_frame11"].problem is None
+    bad = cases["patient002"]
+    assert "patient002/Info.cfg" in bad.problem and "ED" in bad.problem
+
+
 def test_lits_found_recursively_in_batch_folders_and_unlabelled_volumes_kept(tmp_path):
     write_lits(tmp_path, 4, unlabelled=(3,))
     cases = by_id(discover("lits", FS, str(tmp_path)))

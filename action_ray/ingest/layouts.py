@@ -142,7 +142,14 @@ def discover_acdc(fs, root: str, files: list[str]) -> Collection:
     for pid in sorted(by_patient):
         pdir = by_patient[pid]
         info_path = f"{root.rstrip('/')}/{pdir}/Info.cfg"
-        info = parse_info_cfg(_read_text(fs, info_path), info_path)
+        try:
+            info = parse_info_cfg(_read_text(fs, info_path), info_path)
+        except (ActionRayError, UnicodeDecodeError) as exc:
+            # one unreadable Info.cfg skips that patient (reported), not the whole collection
+            cases.append(SourceCase(case_id=pid, patient_id=pid, image=info_path, label=None,
+                                    problem=str(exc) if isinstance(exc, ActionRayError)
+                                    else f"{info_path}: not a text file ({exc.reason})"))
+            continue
         has_any_gt = any(f.startswith(f"{pdir}/") and strip_nifti_suffix(f) and strip_nifti_suffix(f).endswith("_gt")
                          for f in files)
         frames = [("ED", info["ED"]), ("ES", info["ES"])]
