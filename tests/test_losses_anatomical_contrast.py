@@ -12,6 +12,7 @@ import torch
 from scipy.stats import chisquare
 
 from action_ray.losses import ClassKeyBank, anatomical_contrast_loss
+from action_ray.losses.anatomical_contrast import MATMUL_KEYS_PER_NEGATIVE, use_matmul_path
 
 P_VALUE_FLOOR = 1e-3
 
@@ -101,13 +102,17 @@ def reference_loss_from_samples(rep, onehot, valid, probs, samples, threshold, t
     return total / max(len(present), 1)
 
 
+PATHS = ("gather", "matmul")
+
+
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("spatial", [(6, 7), (3, 4, 5)])
-def test_loss_matches_reference_given_the_draws(spatial):
+def test_loss_matches_reference_given_the_draws(spatial, path):
     rep, onehot, valid, probs = make_batch(spatial=spatial, seed=1, confident_class=2)
     gen = torch.Generator().manual_seed(5)
     loss, samples = anatomical_contrast_loss(
         rep, onehot, valid, probs, strong_threshold=0.97, temperature=0.5, num_queries=6,
-        num_negatives=10, generator=gen, return_samples=True,
+        num_negatives=10, generator=gen, return_samples=True, negative_path=path,
     )
     # class 2 has no hard pixel: skipped, yet counted in n
     assert not samples.class_used[2] and samples.num_present.item() == 4
@@ -115,14 +120,15 @@ def test_loss_matches_reference_given_the_draws(spatial):
     assert loss.item() == pytest.approx(expected, rel=1e-10)
 
 
-def test_bank_negatives_match_reference():
+@pytest.mark.parametrize("path", PATHS)
+def test_bank_negatives_match_reference(path):
     rep, onehot, valid, probs = make_batch(seed=2)
     gen = torch.Generator().manual_seed(6)
     keys = torch.randn(4, 9, 5, generator=gen, dtype=torch.float64)
     bank = ClassKeyBank(keys, torch.tensor([4, 0, 9, 2]))
     loss, samples = anatomical_contrast_loss(
         rep, onehot, valid, probs, num_queries=5, num_negatives=12, generator=gen,
-        negative_keys=bank, return_samples=True,
+        negative_keys=bank, return_samples=True, negative_path=path,
     )
     assert not (samples.negative_class[samples.class_used] == 1).any(), "class 1 bank is empty"
     expected = reference_loss_from_samples(rep, onehot, valid, probs, samples, 0.97, 0.5,
@@ -130,26 +136,29 @@ def test_bank_negatives_match_reference():
     assert loss.item() == pytest.approx(expected, rel=1e-10)
 
 
-def test_chunked_negative_logits_give_the_same_loss_and_gradient():
+@pytest.mark.parametrize("path", PATHS)
+def test_chunked_negative_logits_give_the_same_loss_and_gradient(path):
     rep, onehot, valid, probs = make_batch(seed=3, dtype=torch.float64)
     results = []
-    for budget in (2**26, 37):  # one chunk / many checkpointed chunks
+    for budget in (2**26, 37):  # one chunk / many (checkpointed) chunks
         leaf = rep.clone().requires_grad_()
         loss = anatomical_contrast_loss(leaf, onehot, valid, probs, num_queries=7,
                                         num_negatives=11, max_key_elements=budget,
-                                        generator=torch.Generator().manual_seed(9))
+                                        generator=torch.Generator().manual_seed(9),
+                                        negative_path=path)
         loss.backward()
         results.append((loss.detach(), leaf.grad))
     assert torch.allclose(results[0][0], results[1][0], rtol=1e-12, atol=0)
     assert torch.allclose(results[0][1], results[1][1], rtol=1e-10, atol=1e-14)
 
 
-def test_gradient_reaches_only_the_sampled_queries():
+@pytest.mark.parametrize("path", PATHS)
+def test_gradient_reaches_only_the_sampled_queries(path):
     rep, onehot, valid, probs = make_batch(seed=4, confident_class=1)
     rep.requires_grad_()
     loss, samples = anatomical_contrast_loss(
         rep, onehot, valid, probs, num_queries=8, num_negatives=16,
-        generator=torch.Generator().manual_seed(2), return_samples=True,
+        generator=torch.Generator().manual_seed(2), return_samples=True, negative_path=path,
     )
     loss.backward()
     pixel_has_grad = (rep.grad != 0).any(dim=1).reshape(-1)
@@ -284,3 +293,39 @@ def test_bfloat16_representations_compute_in_float32():
     exact = anatomical_contrast_loss(low.detach().float(), onehot, valid, probs, num_queries=8,
                                      num_negatives=16, generator=torch.Generator().manual_seed(1))
     assert loss.item() == pytest.approx(exact.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("bank", [False, True])
+def test_matmul_and_gather_paths_agree_in_float32(bank):
+    """The two ways of computing the negative logits give the same loss and query gradients
+    (float32, sizes where the chunking of both paths is exercised)."""
+    rep, onehot, valid, probs = make_batch(num_images=4, dim=16, spatial=(12, 12), seed=12,
+                                           dtype=torch.float32)
+    keys = ClassKeyBank(torch.randn(4, 50, 16, generator=torch.Generator().manual_seed(1)),
+                        torch.tensor([50, 7, 0, 31])) if bank else None
+    results = {}
+    for path in PATHS:
+        leaf = rep.clone().requires_grad_()
+        loss = anatomical_contrast_loss(leaf, onehot, valid, probs, num_queries=32,
+                                        num_negatives=64, negative_keys=keys,
+                                        generator=torch.Generator().manual_seed(3),
+                                        max_key_elements=20_000, negative_path=path)
+        loss.backward()
+        results[path] = (loss.detach(), leaf.grad)
+    (loss_g, grad_g), (loss_m, grad_m) = results["gather"], results["matmul"]
+    assert loss_g > 0
+    torch.testing.assert_close(loss_m, loss_g, rtol=1e-5, atol=0)
+    torch.testing.assert_close(grad_m, grad_g, rtol=1e-5, atol=1e-7)
+    assert torch.equal(grad_m != 0, grad_g != 0)
+
+
+def test_auto_path_follows_the_size_rule():
+    ratio = MATMUL_KEYS_PER_NEGATIVE
+    assert use_matmul_path(ratio * 512, 512) and not use_matmul_path(ratio * 512 + 1, 512)
+    assert use_matmul_path(4 * 64 * 64, 512)  # bench step --preset paper --size 64 --batch 2
+    assert not use_matmul_path(8 * 256 * 256, 512)  # paper FT batch: gather
+    assert use_matmul_path(10, 10**6, "matmul") is True
+    assert use_matmul_path(1, 1, "gather") is False
+    rep, onehot, valid, probs = make_batch(seed=13)
+    with pytest.raises(ValueError, match="negative_path"):
+        anatomical_contrast_loss(rep, onehot, valid, probs, negative_path="dense")

@@ -60,6 +60,11 @@ def _loss_calls():
             rep, onehot, valid, probs, num_queries=16, num_negatives=32),
         "anatomical_contrast_chunked": lambda: anatomical_contrast_loss(
             rep, onehot, valid, probs, num_queries=16, num_negatives=32, max_key_elements=600),
+        "anatomical_contrast_gather": lambda: anatomical_contrast_loss(
+            rep, onehot, valid, probs, num_queries=16, num_negatives=32, negative_path="gather"),
+        "anatomical_contrast_gather_chunked": lambda: anatomical_contrast_loss(
+            rep, onehot, valid, probs, num_queries=16, num_negatives=32, max_key_elements=600,
+            negative_path="gather"),
         "anatomical_contrast_bank": lambda: anatomical_contrast_loss(
             rep, onehot, valid, probs, num_queries=16, num_negatives=32,
             negative_keys=ClassKeyBank(_meta(4, 10, 8), _labels(4))),

@@ -18,10 +18,22 @@ Classes that cannot be processed (absent, or without hard pixels) still draw sam
 placeholder distribution; their ℓ_c is replaced by 0 with ``torch.where``, which avoids any
 data-dependent control flow. Gradients reach ``rep`` only at the sampled query pixels.
 
-Memory: gathering all negative keys at paper size (C·M·NEG = 4·256·512 keys of 512 floats) is
-1 GiB; the negative logits are therefore computed in chunks of at most ``max_key_elements``
-gathered key values, each chunk under activation checkpointing so that its keys are
-re-gathered in backward instead of being kept alive.
+Negative logits, two exact ways (``negative_path``; the default ``"auto"`` picks by size):
+
+* ``"gather"``: gather the C·M·NEG negative key rows and take one dot product each. At paper
+  size (4·256·512 keys of 512 floats) that is 1 GiB of scattered reads, so it runs in chunks of
+  at most ``max_key_elements`` gathered values, each under activation checkpointing so that its
+  keys are re-gathered in backward instead of being kept alive.
+* ``"matmul"``: one matmul of the queries with the whole key table, (C·M, D) @ (D, X), then a
+  ``gather`` of each query's NEG logits. It computes X dot products per query instead of NEG,
+  but as a dense matmul, which is far faster per dot product than scattered row reads; query
+  chunks keep each (rows, X) logit block under ``max_key_elements`` values, and nothing of
+  that block is kept for backward (the gather saves only its indices).
+
+Both cost ∝ D per dot product, so the rule depends only on X / NEG: ``"auto"`` takes the matmul
+when the table has at most ``MATMUL_KEYS_PER_NEGATIVE`` × NEG rows (a batch of small slices,
+or the class-wise key bank) and the gather otherwise (paper-sized batches: X = 8·256² rows is
+1024 × NEG; there the matmul would do 1000× the dot products). In both, keys are detached: the gradient reaches only the queries.
 """
 
 from __future__ import annotations
@@ -36,7 +48,13 @@ from ._tensors import check_positive, check_rank_at_least, check_same_shape, com
 from ._tensors import unit_vectors
 from .sampling import categorical, uniform_below, uniform_from_masks
 
-DEFAULT_MAX_KEY_ELEMENTS = 2**26  # 256 MiB of float32 negative keys gathered at a time
+DEFAULT_MAX_KEY_ELEMENTS = 2**26  # 256 MiB of float32 negative keys / logits at a time
+#: ``negative_path="auto"`` uses the matmul when key rows X <= this × NEG. Measured on a shared
+#: 2-core CPU, forward + backward, one thread: at X = 32·NEG the matmul was 1.8-6.5× faster
+#: for D in {64, 128, 512}, NEG in {128, 512}, 256-1024 queries; the break-even point lay
+#: between 40 and 100 × NEG depending on D and on how much the gather spills out of cache.
+MATMUL_KEYS_PER_NEGATIVE = 32
+NEGATIVE_PATHS = ("auto", "gather", "matmul")
 
 
 class ClassKeyBank(NamedTuple):
@@ -199,24 +217,70 @@ def _negative_logits(
     return dots * inverse_norms / temperature
 
 
+def _matmul_negative_logits(
+    queries: torch.Tensor,
+    negative_index: torch.Tensor,
+    key_table: torch.Tensor,
+    key_inverse_norms: torch.Tensor,
+    temperature: float,
+    max_key_elements: int,
+) -> torch.Tensor:
+    """Same values as :func:`_negative_logits`, from all query·key dot products at once.
+
+    (R, D) unit queries @ (D, X) keys -> (R, X), then each row's NEG entries are gathered:
+    -> (R, NEG). Row chunks keep every (rows, X) block within ``max_key_elements`` values;
+    the chunk count depends only on shapes. Backward scatters the NEG gradients into a
+    (rows, X) block and multiplies by the keys: again one dense matmul per chunk.
+    """
+    rows = negative_index.shape[0]
+    keys = key_table.to(queries.dtype)  # (X, D), detached
+    rows_per_chunk = max(1, max_key_elements // max(1, keys.shape[0]))
+    chunks = []
+    for start in range(0, rows, rows_per_chunk):
+        stop = min(rows, start + rows_per_chunk)
+        index = negative_index[start:stop]
+        dots = (queries[start:stop] @ keys.T).gather(1, index)  # (rows, NEG)
+        chunks.append(dots * key_inverse_norms[index] / temperature)
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks, dim=0)
+
+
+def use_matmul_path(key_rows: int, num_negatives: int, negative_path: str = "auto") -> bool:
+    """True when the negative logits should come from one matmul over the whole key table.
+
+    ``"auto"``: ``key_rows <= MATMUL_KEYS_PER_NEGATIVE * num_negatives`` (see the module
+    docstring); ``"matmul"`` / ``"gather"`` force a path.
+    """
+    if negative_path not in NEGATIVE_PATHS:
+        raise ValueError(f"negative_path must be one of {NEGATIVE_PATHS}, got {negative_path!r}")
+    if negative_path != "auto":
+        return negative_path == "matmul"
+    return key_rows <= MATMUL_KEYS_PER_NEGATIVE * num_negatives
+
+
 def _chunked_negative_logits(
     queries: torch.Tensor,
     negative_index: torch.Tensor,
     key_table: torch.Tensor,
     temperature: float,
     max_key_elements: int,
+    negative_path: str = "auto",
 ) -> torch.Tensor:
-    """:func:`_negative_logits` over row chunks holding at most ``max_key_elements`` key values.
+    """(R, D) unit queries, (R, NEG) key rows of ``key_table`` -> (R, NEG) cosine logits / τ.
 
-    The number of chunks depends only on shapes, so the loop is static. With more than one
-    chunk each is checkpointed: its gathered keys are freed after forward and re-gathered in
-    backward (they are needed there for the query gradient).
+    The matmul path (:func:`_matmul_negative_logits`) or the gather path: :func:`_negative_logits`
+    over row chunks holding at most ``max_key_elements`` gathered key values. The number of
+    chunks depends only on shapes, so the loop is static. With more than one gather chunk each
+    is checkpointed: its gathered keys are freed after forward and re-gathered in backward
+    (they are needed there for the query gradient).
     """
     dtype = queries.dtype
     key_inverse_norms = 1.0 / torch.linalg.vector_norm(key_table.to(dtype), dim=-1).clamp(
         min=torch.finfo(dtype).tiny ** 0.5
     )
     rows, num_negatives = negative_index.shape
+    if use_matmul_path(key_table.shape[0], num_negatives, negative_path):
+        return _matmul_negative_logits(queries, negative_index, key_table, key_inverse_norms,
+                                       temperature, max_key_elements)
     rows_per_chunk = max(1, max_key_elements // max(1, num_negatives * key_table.shape[-1]))
     if rows_per_chunk >= rows:
         return _negative_logits(queries, negative_index, key_table, key_inverse_norms,
@@ -246,6 +310,7 @@ def _anatomical_contrast_from_samples(
     key_table: torch.Tensor,
     temperature: float,
     max_key_elements: int = DEFAULT_MAX_KEY_ELEMENTS,
+    negative_path: str = "auto",
 ) -> torch.Tensor:
     """The deterministic half of L_anco: InfoNCE given already drawn samples.
 
@@ -265,7 +330,7 @@ def _anatomical_contrast_from_samples(
     negative_logits = _chunked_negative_logits(
         queries.reshape(num_classes * num_queries, -1),
         samples.negative_index.reshape(num_classes * num_queries, -1),
-        key_table, temperature, max_key_elements,
+        key_table, temperature, max_key_elements, negative_path,
     ).reshape(num_classes, num_queries, -1)  # (C, M, NEG)
     all_logits = torch.cat([positive_logits.unsqueeze(-1), negative_logits], dim=-1)
     per_query = torch.logsumexp(all_logits, dim=-1) - positive_logits  # -log softmax[0]
@@ -287,6 +352,7 @@ def anatomical_contrast_loss(
     negative_keys: ClassKeyBank | None = None,
     return_samples: bool = False,
     max_key_elements: int = DEFAULT_MAX_KEY_ELEMENTS,
+    negative_path: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, ContrastSamples]:
     """L_anco of §6.6, fully vectorised on the device of ``rep``.
 
@@ -306,7 +372,10 @@ def anatomical_contrast_loss(
             the bank (an earlier in-place update raises PyTorch's in-place modification
             error rather than giving a wrong gradient).
         return_samples: also return the :class:`ContrastSamples` (tests, diagnostics).
-        max_key_elements: most negative-key values gathered at once (memory bound).
+        max_key_elements: most negative-key values gathered, or query·key logits held, at
+            once (memory bound).
+        negative_path: ``"auto"`` (by size), ``"matmul"`` or ``"gather"``: how the negative
+            logits are computed (module docstring); the values agree to float rounding.
     Returns:
         scalar loss, or ``(loss, samples)`` with ``return_samples``.
     """
@@ -323,6 +392,7 @@ def anatomical_contrast_loss(
     check_positive("num_queries", num_queries)
     check_positive("num_negatives", num_negatives)
     check_positive("max_key_elements", max_key_elements)
+    use_matmul_path(1, 1, negative_path)  # validates the name
     if negative_keys is not None:
         keys, counts = negative_keys
         if keys.dim() != 3 or keys.shape[0] != num_classes or keys.shape[2] != rep.shape[1]:
@@ -340,5 +410,5 @@ def anatomical_contrast_loss(
                               num_negatives, generator, negative_keys)
     key_table = pixel_table if negative_keys is None else _key_table(rep, negative_keys)
     loss = _anatomical_contrast_from_samples(rep, prototypes, samples, key_table, temperature,
-                                             max_key_elements)
+                                             max_key_elements, negative_path)
     return (loss, samples) if return_samples else loss
