@@ -11,9 +11,8 @@ published), which a DDP module does not allow before one backward.
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
-from action_ray.distributed import world_size
+from action_ray.distributed import all_reduce_gradients_
 from action_ray.train.state import TrainState
 
 IGNORE_LABEL = -1
@@ -40,29 +39,13 @@ def set_train_modes(state: TrainState, teacher_train: bool = True) -> None:
     state.model.teacher.train(teacher_train)
 
 
-@torch.no_grad()
-def average_gradients(params: list[torch.Tensor]) -> None:
-    """Mean of each gradient over all ranks (no-op on one rank): one flat all_reduce.
-
-    Every rank runs the same code path, so the set of parameters with a gradient is the same
-    on every rank and the flat buffers line up.
-    """
-    n = world_size()
-    if n == 1 or not params:
-        return
-    grads = [p.grad for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat.div_(n)
-    torch._foreach_copy_(grads, [part.view_as(g) for part, g in zip(flat.split([g.numel() for g in grads]), grads)])
-
-
 def apply_update(state: TrainState, loss: torch.Tensor) -> None:
     """backward -> gradient average over workers -> SGD step -> poly schedule step; step += 1."""
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    params = [p for group in state.optimizer.param_groups for p in group["params"] if p.grad is not None]
-    average_gradients(params)
+    # one flat all_reduce per (device, dtype); every rank runs the same stage code, so the
+    # parameters with a gradient line up across ranks
+    all_reduce_gradients_(p for group in state.optimizer.param_groups for p in group["params"])
     state.optimizer.step()
     state.scheduler.step()
     state.step += 1
