@@ -138,3 +138,4 @@ def test_killed_worker_is_replaced_and_the_run_completes(ray_cluster, store_url,
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(5, iterations + 1, 5))
     assert all(r["replicas_identical"] for r in rows)
+

@@ -236,6 +236,10 @@ def run_training(
         log(f"run {plan.name} is already complete ({redact(plan.run_dir)}); nothing to do")
         return result
     log(f"run {plan.name} -> {redact(plan.run_dir)}" + (" (resuming)" if plan.resuming else ""))
+    if config.train.num_workers == 0:
+        log("train.num_workers=0 is Ray Train's local mode (one process, no actors): Ray keeps no "
+            "checkpoints there, so the run cannot resume or survive a failure; stages/<stage>/ "
+            "still gets each stage's final checkpoint")
     ensure_ray(config, log)
     from ray.data import DataContext
 
