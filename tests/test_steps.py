@@ -227,9 +227,36 @@ def test_handoffs_give_every_rank_the_same_new_heads_and_keep_the_dropout_stream
         assert torch.equal(a, b)
 
 
-def test_shuffle_bn_is_refused_until_implemented():
-    with pytest.raises(ConfigError, match="shuffle_bn"):
-        build_state(make_config("distill.shuffle_bn=true"), NUM_CLASSES, "cpu", "p1")
+def test_shuffle_bn_puts_the_teacher_outputs_back_in_batch_order():
+    """One process: BN batch statistics do not depend on the order of the batch, so with
+    dropout off the shuffled teacher forward must give the plain one's outputs exactly where
+    a wrong un-permutation would swap images."""
+    from action_ray.distributed import shuffle_batch
+    from action_ray.train.steps.pretrain import teacher_forward
+
+    config = make_config("distill.shuffle_bn=true")
+    state = build_state(config, NUM_CLASSES, "cpu", "p2")
+    state.model.train()
+    for module in state.model.teacher.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    x = pretrain_batch()["image"]
+    state.generator.manual_seed(3)  # randperm(4) = [2, 3, 1, 0]: moves every image
+    probe = torch.Generator().set_state(state.generator.get_state())
+    moved = shuffle_batch(x, probe)[0]
+    assert all(not torch.equal(moved[i], x[i]) for i in range(4)), "the draw must move every image"
+    before = state.generator.get_state()
+    logits, latent = teacher_forward(state, x, config)
+    assert not torch.equal(state.generator.get_state(), before), "the batch was not shuffled"
+    after = state.generator.get_state()
+    plain_logits, plain_latent = teacher_forward(state, x, make_config())
+    assert torch.equal(state.generator.get_state(), after)
+    torch.testing.assert_close(logits, plain_logits, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(latent, plain_latent, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(latent[0], latent[1]), "images must differ for the check to bite"
+    for stage, step in (("p1", p1_step), ("p2", p2_step)):
+        out = step(build_state(config, NUM_CLASSES, "cpu", stage), pretrain_batch(), config)
+        assert torch.isfinite(out["loss"])
 
 
 def test_options_teacher_head_grad_and_faithful_local_layout_train():

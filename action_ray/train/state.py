@@ -240,8 +240,6 @@ def build_state(
         raise ConfigError(f"stage must be p1, p2 or ft, got {stage!r}")
     if config.method != "action" and stage != "ft":
         raise ConfigError(f"method={config.method} has only the ft stage, not {stage!r}")
-    if config.distill.shuffle_bn and stage in ("p1", "p2"):
-        raise ConfigError("distill.shuffle_bn=true is not implemented by the pre-training steps yet; set it to false")
     device = torch.device(device)
     rank = current_rank() if rank is None else rank
     seed = config.train.seed

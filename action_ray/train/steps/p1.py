@@ -11,7 +11,7 @@ import torch
 from action_ray.config import Config
 from action_ray.train.state import TrainState
 from action_ray.train.steps.common import apply_update, detached, images_on_device, set_train_modes
-from action_ray.train.steps.pretrain import global_branch, views
+from action_ray.train.steps.pretrain import global_branch, teacher_forward, views
 
 
 def p1_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
@@ -29,8 +29,7 @@ def p1_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -
     with state.autocast():
         x_student, x_teacher = views(state, x, config)
         student_latent = calls.student_encode(x_student)[-1]
-        with torch.no_grad():
-            teacher_latent = calls.teacher_encode(x_teacher)[-1]
+        _, teacher_latent = teacher_forward(state, x_teacher, config, encoder_only=True)
         global_loss, teacher_keys = global_branch(state, student_latent, teacher_latent, config)
         loss = config.distill.global_weight * global_loss
     state.global_bank.enqueue(teacher_keys)

@@ -15,7 +15,7 @@ from action_ray.train.steps.common import (
     mask_unlabelled,
     set_train_modes,
 )
-from action_ray.train.steps.pretrain import global_branch, local_branch, views
+from action_ray.train.steps.pretrain import global_branch, local_branch, teacher_forward, views
 
 
 def p2_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
@@ -35,10 +35,9 @@ def p2_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -
     with state.autocast():
         x_student, x_teacher = views(state, x, config)
         student = calls.student(x_student)
-        with torch.no_grad():
-            teacher = calls.teacher(x_teacher)
-        global_loss, teacher_keys = global_branch(state, student.bottleneck, teacher.bottleneck, config)
-        local_loss, teacher_patches = local_branch(state, student.logits, teacher.logits, config)
+        teacher_logits, teacher_latent = teacher_forward(state, x_teacher, config)
+        global_loss, teacher_keys = global_branch(state, student.bottleneck, teacher_latent, config)
+        local_loss, teacher_patches = local_branch(state, student.logits, teacher_logits, config)
         sup = supervised_loss(student.logits, target)
         loss = sup + d.global_weight * global_loss + d.local_weight * local_loss
     state.global_bank.enqueue(teacher_keys)

@@ -16,6 +16,7 @@ import torch
 
 from action_ray.augment import pretrain_views
 from action_ray.config import Config
+from action_ray.distributed import shuffle_batch, unshuffle_batch
 from action_ray.losses import global_distillation_loss, local_distillation_loss
 from action_ray.model import embed_local_patches, extract_local_patches, pooled_local_patches
 from action_ray.train.state import TrainState
@@ -31,6 +32,33 @@ def views(state: TrainState, x: torch.Tensor, config: Config) -> tuple[torch.Ten
         x, state.generator, p_jitter=d.jitter_p, jitter=d.jitter_range, p_blur=d.blur_p,
         sigma=d.blur_sigma, clamp=(0.0, 1.0) if x.dim() == 4 else None,
     )
+
+
+@torch.no_grad()
+def teacher_forward(
+    state: TrainState, x_teacher: torch.Tensor, config: Config, encoder_only: bool = False
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The target-producing teacher forward of §5.2 (step 4): (logits or None, bottleneck).
+
+    With ``distill.shuffle_bn`` (MoCo's "shuffle BN", A2) the teacher runs on a random slice
+    of the *global* batch (``distributed.shuffle_batch``) and its outputs are put back in this
+    rank's order, so its BN batch statistics mix images of other ranks. ``encoder_only``
+    (P1) runs just the encoder and returns ``(None, bottleneck)``.
+    x_teacher: (B, 1, *S) -> logits (B, C, *S), bottleneck (B, C_lat, *S_lat).
+    """
+    calls = state.forwards
+    shuffle = config.distill.shuffle_bn
+    if shuffle:
+        x_teacher, undo = shuffle_batch(x_teacher, state.generator)
+    if encoder_only:
+        logits, bottleneck = None, calls.teacher_encode(x_teacher)[-1]
+    else:
+        out = calls.teacher(x_teacher)
+        logits, bottleneck = out.logits, out.bottleneck
+    if shuffle:
+        bottleneck = unshuffle_batch(bottleneck, undo)
+        logits = None if logits is None else unshuffle_batch(logits, undo)
+    return logits, bottleneck
 
 
 def teacher_head_trained(config: Config) -> bool:
