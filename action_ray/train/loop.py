@@ -201,9 +201,11 @@ def _next_stage_state(state, stage: str):
 def broadcast_from_rank0(model: torch.nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every rank (what DDP does when it wraps a model).
 
-    Needed after a stage hand-off: the re-initialised heads draw from the global torch RNG,
-    which is seeded per rank (dropout), so without this the replicas would start the next
-    stage from different heads and never agree again.
+    Called at every stage hand-off. The hand-offs re-initialise heads under a seed shared by
+    all ranks, so the parameters already agree; this is the guarantee DDP would give (cheap,
+    once per stage), and it also starts every rank from rank 0's BN statistics. Without
+    equal starting weights the replicas would never agree again (gradients are averaged,
+    differences are not).
     """
     import torch.distributed as dist
 
