@@ -137,7 +137,7 @@ def test_tasks_are_sized_by_bytes_and_aligned_to_chunks(tmp_path):
     store, _ = make_store(str(tmp_path / "patchy.zarr"), shapes=shapes, chunking="patch")
     row_bytes = 64 * 64 * 5 + 8
     source = VolumeSliceDatasource(store.url, None, list(shapes), output_size=None,
-                                   target_task_bytes=20 * row_bytes)
+                                   target_task_bytes=20 * row_bytes, min_tasks=1)
     plan = source.plan_tasks()
     big = [(u.start, u.stop) for task in plan for u in task if source.case_table[u.case] == "big"]
     chunk = z_chunk_of(store, "big")
@@ -150,6 +150,16 @@ def test_tasks_are_sized_by_bytes_and_aligned_to_chunks(tmp_path):
     tasks = source.get_read_tasks(parallelism=1)
     assert sum(t.metadata.num_rows for t in tasks) == 46
     assert all(t.metadata.size_bytes <= 20 * row_bytes for t in tasks)
+
+
+def test_a_small_epoch_is_still_cut_into_many_read_tasks(store_and_volumes):
+    """Block shuffling needs blocks: 22 rows of 20 KB must not become one 16 MiB task."""
+    store, volumes = store_and_volumes
+    source = VolumeSliceDatasource(store.url, None, list(volumes), output_size=(32, 32), min_tasks=8)
+    plan = source.plan_tasks()
+    assert len(plan) >= 8
+    rows = sorted((source.case_table[u.case], z) for task in plan for u in task for z in range(u.start, u.stop))
+    assert rows == sorted((c, z) for c, (image, _) in volumes.items() for z in range(image.shape[0]))
 
 
 def test_reads_from_s3(s3_server):
@@ -166,9 +176,9 @@ def test_patch_tasks_split_inside_a_plane_and_read_only_their_box(store_and_volu
     store, volumes = store_and_volumes
     patch = (2, 8, 8)
     row_bytes = 2 * 8 * 8 * 5 + 4 * 4
-    whole = VolumeSliceDatasource(store.url, None, ["c1"], mode="patch", patch_size=patch)
+    whole = VolumeSliceDatasource(store.url, None, ["c1"], mode="patch", patch_size=patch, min_tasks=1)
     split = VolumeSliceDatasource(store.url, None, ["c1"], mode="patch", patch_size=patch,
-                                  target_task_bytes=5 * row_bytes)
+                                  target_task_bytes=5 * row_bytes, min_tasks=1)
     assert whole.num_rows() == split.num_rows() == 3 * 3 * 3
     assert len(whole.plan_tasks()) == 1
     assert all(t.metadata.num_rows <= 5 for t in split.get_read_tasks(parallelism=1))
