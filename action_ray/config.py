@@ -306,7 +306,7 @@ class FineTuneConfig(_Section):
     warp_p: float = Field(0.5, ge=0, le=1)
     warp_epsilon: float = Field(1.5, ge=0)
     warp_labels: bool = True
-    geo_aug: bool = False
+    geo_aug: bool = True  # Part A A3: rot90 + flip + small rotation (published code: none)
     ema_steps_per_iter: Literal[1, 2] = 1
     teacher_eval: bool = False
 

@@ -39,7 +39,7 @@ def test_defaults_are_the_papers_section_9_values():
     assert (cfg.mean_teacher.consistency, cfg.mean_teacher.rampup_fraction) == (0.1, 1.0)
     # Part A (A3) departures are the defaults, each a named option.
     assert (d.teacher_head, d.local_layout, d.shuffle_bn) == ("ema", "per_position", False)
-    assert (f.warp_labels, f.geo_aug, f.ema_steps_per_iter) == (True, False, 1)
+    assert (f.warp_labels, f.geo_aug, f.ema_steps_per_iter) == (True, True, 1)
     assert (f.anco_negatives, f.teacher_eval) == ("batch", False)
 
 
