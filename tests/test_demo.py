@@ -23,7 +23,7 @@ SHRINK = ["data.slice_size=32", "model.cut_size=16", "model.cut_stride=8", "mode
 
 
 def run_demo(out: str, timeout: int = 420) -> str:
-    cmd = [f"{BIN}/action-ray", "demo", "--out", out, "--cases", "5", "--iterations", "2", *SHRINK]
+    cmd = [f"{BIN}/action-ray", "demo", "--out", out, "--cases", "5", "--iterations", "2", "--ft-iterations", "2", *SHRINK]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         output, _ = proc.communicate(timeout=timeout)
