@@ -81,7 +81,11 @@ def head(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     start = [f"{BIN}/ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
              f"--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
-             "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats"]
+             "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats",
+             # the agents' default ports (52365, ...) clash with any other Ray on the machine,
+             # and a job agent without its HTTP server never accepts a submission
+             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
     try:
         # to a file, not a pipe: the daemons `ray start` leaves behind inherit its output handles,
         # so a pipe would never reach EOF
