@@ -56,9 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(token: str) -> bool:
+    """``a.b=value``: what the verbs' ``KEY=VALUE`` positionals take (never a ``--flag=x``)."""
+    return "=" in token and not token.startswith("-")
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse, accepting ``KEY=VALUE`` overrides after a flag as well as before it.
+
+    argparse ends a ``nargs="*"`` positional at the first flag, so ``train x=1 --resume y=2``
+    would reject ``y=2``; argparse's own intermixed parsing does not support sub-commands. Such
+    leftovers are appended to the verb's ``overrides`` (in command-line order); anything else
+    left over is still an error.
+    """
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all(_is_override(token) for token in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     if getattr(args, "_module", None) is None:
         parser.print_help()
         return 2
