@@ -38,7 +38,6 @@ run reads it, so a worse later checkpoint never replaces a better earlier one.
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import shutil
@@ -50,9 +49,8 @@ from ray.train import UserCallback
 
 from action_ray.config import Config
 from action_ray.evaluation.runs import BEST_RECORD
+from action_ray.train.checkpoint import META_FILE, STATE_FILE
 from action_ray.urls import filesystem_for, is_remote, redact
-
-log = logging.getLogger(__name__)
 
 #: One JSON line per validated checkpoint.
 VALIDATION_LOG = "validation.jsonl"
@@ -63,8 +61,8 @@ BEST_DIR = "best"
 BEST_NEW = ".best-new"
 BEST_OLD = ".best-old"
 #: The files of a checkpoint directory, completion marker last.
-CHECKPOINT_FILES = ("state.pt", "meta.json")
-MARKER = "meta.json"
+CHECKPOINT_FILES = (STATE_FILE, META_FILE)
+MARKER = META_FILE
 #: Validation runs in the Train controller (and Tune's trial driver), which hold no GPU: Ray
 #: hides the GPUs from them, and asking for one would wait on the GPU the run's own workers
 #: hold while they sit in the report barrier. So validation is on CPU.
@@ -202,12 +200,15 @@ class BestKeeper:
         best = _join(self.root, BEST_DIR)
         if self.fs.exists(_join(best, MARKER)):
             self.fs.rm(_join(best, MARKER))
-        for name in CHECKPOINT_FILES:  # state.pt first, meta.json (the completion marker) last
-            if name == MARKER:
-                with self.fs.open(_join(best, BEST_RECORD), "w") as handle:
-                    handle.write(record)
+
+        def copy(name: str) -> None:
             with sfs.open(_join(sroot, name), "rb") as src, self.fs.open(_join(best, name), "wb") as dst:
                 shutil.copyfileobj(src, dst, 16 * 2**20)
+
+        copy(STATE_FILE)
+        with self.fs.open(_join(best, BEST_RECORD), "w") as handle:
+            handle.write(record)
+        copy(MARKER)  # the completion marker last
 
     def _copy_local(self, sfs, sroot: str, record: str) -> None:
         """Assemble ``.best-new/``, then swap it in with renames; no partial ``best/`` ever."""
