@@ -236,9 +236,10 @@ def validation_callbacks(config: Config, run_dir: str, log: Callable[[str], None
     from action_ray.train.validation import ValidationCallback, ValidationSchedule, labelled_val_cases
 
     schedule = ValidationSchedule.of(config)
-    if not schedule.enabled or "ft" not in (config.stages or []):
-        if "ft" in (config.stages or []):
-            log("validation off (eval.val_every=0): no best-on-validation checkpoint will be kept")
+    if "ft" not in (config.stages or []):
+        return []  # pre-training has no segmentation to validate
+    if not schedule.enabled:
+        log("validation off (eval.val_every=0): no best-on-validation checkpoint will be kept")
         return []
     if config.train.num_workers == 0:
         log("validation off: Ray Train's local mode (train.num_workers=0) keeps no checkpoints to score")
