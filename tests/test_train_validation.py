@@ -48,15 +48,15 @@ def test_schedule_scores_multiples_of_val_every_and_the_last_step():
     assert ValidationSchedule.every_checkpoint(8).steps() == list(range(1, 9))
 
 
-def test_schedule_of_every_packaged_preset_loads_and_scores_the_last_ft_step():
+def test_every_packaged_preset_and_sweep_base_loads_and_scores_the_last_ft_step():
     from action_ray.config import preset_names
+    from action_ray.tuning.space import load_sweep
 
     for name in preset_names():
-        if name.startswith("tune-"):  # sweep files, not training configs
-            continue
-        config = load_config(name)
+        # sweep files (tune-*) hold a base preset plus overrides: check the config they train
+        config = load_sweep(name).base_config() if name.startswith("tune-") else load_config(name)
         schedule = ValidationSchedule.of(config)
-        assert schedule.steps()[-1] == config.stage("ft").iterations, name
+        assert schedule.enabled and schedule.steps()[-1] == config.stage("ft").iterations, name
 
 
 # ----------------------------------------------------------------------------- best keeper
