@@ -117,9 +117,11 @@ class ValidationSchedule:
         shown = ", ".join(map(str, steps[:6])) + (f", ... ({len(steps)} in all)" if len(steps) > 6 else "")
         note = ""
         if self.enabled and self.val_every % self.checkpoint_every:
+            rule = ("every FT checkpoint is scored" if self.val_every < self.checkpoint_every
+                    else "the first checkpoint at or after each multiple is scored")
             note = (f" (eval.val_every={self.val_every} is not a multiple of train.checkpoint_every="
-                    f"{self.checkpoint_every}: the first checkpoint at or after each multiple is scored; "
-                    "set eval.val_every to a multiple of train.checkpoint_every for an exact cadence)")
+                    f"{self.checkpoint_every}: {rule}; set eval.val_every to a multiple of "
+                    "train.checkpoint_every for an exact cadence)")
         return f"validation on the val split at FT steps {shown}{note}"
 
 
