@@ -383,7 +383,11 @@ class EvalConfig(_Section):
     """Evaluation protocol (§7) and validation during training (A3: best-on-val kept too)."""
 
     split: Literal["val", "test", "train"] = "test"
-    val_every: int = Field(1000, ge=0, description="steps between validation passes; 0 = never")
+    val_every: int = Field(
+        1000, ge=0,
+        description="FT steps between validations on the val split (best/ kept); read on the "
+        "train.checkpoint_every grid, last FT step always scored; 0 = never",
+    )
     window: tuple[int, int, int] | None = Field(None, description="3-D sliding window; None = data.patch_size")
     stride: tuple[int, int, int] = Field((4, 18, 18), description="3-D sliding-window stride (D, H, W)")
     batch_size: int = Field(8, ge=1, description="slices or windows per inference forward")

@@ -14,6 +14,7 @@ from action_ray.model import (
     UNet3d,
     build_action_model,
     build_unet,
+    ema_buffers_,
     ema_update_,
     embed_local_patches,
     extract_local_patches,
@@ -216,6 +217,25 @@ def test_ema_update_matches_formula_and_leaves_buffers():
     assert not any(p.requires_grad for p in teacher.parameters())
     with pytest.raises(ValueError, match="different parameters"):
         ema_update_(teacher, build_unet("paper", num_classes=4), 0.99)
+
+
+def test_ema_buffers_averages_running_stats_and_copies_counters():
+    student = build_unet("cpu", num_classes=4)
+    teacher = make_ema_copy(student)
+    student.train()(torch.randn(4, 1, 32, 32) * 3 + 2)  # student BN statistics move, teacher's do not
+    t_before = {k: v.clone() for k, v in teacher.named_buffers()}
+    s_buffers = dict(student.named_buffers())
+    ema_buffers_(teacher, student, 0.9)
+    changed = 0
+    for name, value in teacher.named_buffers():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.9 * t_before[name] + 0.1 * s_buffers[name])
+            changed += int(not torch.equal(value, t_before[name]))
+        else:
+            assert torch.equal(value, s_buffers[name]), name
+    assert changed > 0, "the student's statistics must differ for the check to bite"
+    with pytest.raises(ValueError, match="different buffers"):
+        ema_buffers_(teacher, build_unet("paper", num_classes=4), 0.99)
 
 
 def test_action_model_teacher_never_gets_grads_and_ema_heads_follow():

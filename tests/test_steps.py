@@ -279,6 +279,26 @@ def test_ft_with_bank_negatives_fills_the_pixel_bank_and_geo_aug_runs():
     assert second["anatomical_contrast"].item() > 0.0
 
 
+def _running_means(module: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([b.flatten() for n, b in module.named_buffers() if n.endswith("running_mean")])
+
+
+@pytest.mark.parametrize("teacher_eval", [False, True])
+def test_ft_teacher_bn_statistics_follow_the_student_only_in_eval_mode(teacher_eval):
+    """An eval-mode teacher never runs a train-mode forward: its running statistics must be
+    averaged from the student's or they stay frozen at the hand-off (found in issue 5)."""
+    config = make_config(f"ft.teacher_eval={str(teacher_eval).lower()}", "ema_momentum=0.5")
+    state = build_state(config, NUM_CLASSES, "cpu", "ft")
+    before = _running_means(state.model.teacher).clone()
+    ft_step(state, ft_batch(), config)
+    teacher, student = _running_means(state.model.teacher), _running_means(state.model.student)
+    assert not torch.equal(teacher, before)  # train mode: its own forward; eval mode: the EMA
+    if teacher_eval:
+        torch.testing.assert_close(teacher, 0.5 * before + 0.5 * student)
+    else:
+        assert not torch.allclose(teacher, 0.5 * before + 0.5 * student)
+
+
 def test_step_returns_detached_tensors():
     config = make_config()
     out = p2_step(build_state(config, NUM_CLASSES, "cpu", "p2"), pretrain_batch(), config)

@@ -91,6 +91,18 @@ def score_cases(
     return result
 
 
+def describe_selection(selection: Mapping[str, Any]) -> str:
+    """``selection`` of :func:`runs.checkpoint_selection` in a few words (log line, summary.md)."""
+    if selection.get("choice") != "best":
+        return f"{selection.get('choice')}: {selection.get('rule')}"
+    facts = []
+    if selection.get("ft_step") is not None:
+        facts.append(f"FT step {selection['ft_step']}")
+    if selection.get("val_dice") is not None:
+        facts.append(f"val Dice {selection['val_dice']:.4f}")
+    return "best on validation" + (f" ({', '.join(facts)})" if facts else "")
+
+
 def default_out_dir(run_dir: str, split: str, checkpoint: str) -> str:
     label = checkpoint if checkpoint in ("last", "best") else "custom"
     return f"{str(run_dir).rstrip('/')}/eval-{split}-{label}"
@@ -121,7 +133,7 @@ def evaluate_run(
     (default ``<run_dir>/eval-<split>-<checkpoint>``). The returned summary is ``summary.json``'s
     content (NaN as None), with ``out_dir`` added.
     """
-    from action_ray.evaluation.runs import inference_settings, load_student, resolve_checkpoint
+    from action_ray.evaluation.runs import checkpoint_selection, inference_settings, load_student, resolve_checkpoint
     from action_ray.store import open_store
 
     if split not in SPLITS:
@@ -131,6 +143,7 @@ def evaluate_run(
     started = time.perf_counter()
     options = dict(storage_options or {}) or None
     checkpoint_url = resolve_checkpoint(str(run_dir), checkpoint, options)
+    selection = checkpoint_selection(checkpoint_url, checkpoint, options)
     student = load_student(checkpoint_url, device, options)
     store = open_store(store_url, options)
     classes = foreground_classes(store.classes, student.num_classes)
@@ -139,8 +152,8 @@ def evaluate_run(
     if not cases:
         raise ConfigError(f"store {redact(store_url)} has no complete case in split {split!r}")
     if echo:
-        echo(f"evaluating {redact(checkpoint_url)} (stage {student.stage}, step {student.step}) on "
-             f"{len(cases)} {split} case(s) of {redact(store_url)}")
+        echo(f"evaluating {redact(checkpoint_url)} (stage {student.stage}, step {student.step}; "
+             f"{describe_selection(selection)}) on {len(cases)} {split} case(s) of {redact(store_url)}")
     scored = score_cases(student.network, store, cases, settings, classes, empty=empty, progress=progress,
                          montage_cases=montage_cases)
     if not scored.rows:
@@ -149,7 +162,8 @@ def evaluate_run(
     out = str(out_dir) if out_dir is not None else default_out_dir(str(run_dir), split, checkpoint)
     info = {
         **student.describe(),
-        "checkpoint_choice": checkpoint,
+        "checkpoint_choice": describe_selection(selection) if checkpoint == "best" else checkpoint,
+        "selection": selection,
         "split": split,
         "store": redact(str(store_url)),
         "empty": empty,

@@ -4,7 +4,7 @@ Run directory layout (written by ``action_ray.train``; local or ``s3://``)::
 
     <run>/config.yaml, label_split.json, metrics.jsonl, result.json (when finished)
     <run>/stages/<stage>/{state.pt, meta.json}    final checkpoint of each stage
-    <run>/best/{state.pt, meta.json}              best-on-*validation* checkpoint, if kept
+    <run>/best/{state.pt, meta.json, best.json}   best-on-*validation* checkpoint, if kept
     <run>/checkpoint_*/{state.pt, meta.json}      Ray Train's periodic checkpoints
 
 ``--checkpoint`` choices:
@@ -13,8 +13,10 @@ Run directory layout (written by ``action_ray.train``; local or ``s3://``)::
   method: FT is the stage that is reported, method.md A3). An unfinished run falls back to the
   newest periodic checkpoint of that stage, and says so.
 * ``best``: what the run recorded as best on the *validation* split (``result.json``'s
-  ``best_checkpoint``, else ``<run>/best``). Selection happened during training, on
-  validation only; evaluation never selects anything, so the test split cannot leak.
+  ``best_checkpoint``, else ``<run>/best``), kept during training by
+  ``action_ray.train.validation`` when ``eval.val_every > 0``. Selection happened during
+  training, on validation only; evaluation never selects anything, so the test split cannot
+  leak. :func:`checkpoint_selection` says in the summary how the checkpoint was chosen.
 * a path or URL: a checkpoint directory (``meta.json`` + ``state.pt``) or another run directory.
 
 Only the student is rebuilt (the network that is evaluated, §7): its weights are the
@@ -38,6 +40,8 @@ from action_ray.urls import filesystem_for, is_remote, redact
 log = logging.getLogger(__name__)
 
 META_FILE = "meta.json"
+#: Inside ``<run>/best/`` (and copied to ``<run>/best.json``): ft_step, val_dice, source of the best.
+BEST_RECORD = "best.json"
 STUDENT_PREFIX = "student."
 #: The output convolution of the UNet decoder: its first weight axis is the class count.
 OUTPUT_WEIGHT = "decoder.out_conv.weight"
@@ -161,6 +165,25 @@ def resolve_checkpoint(
         f"run {redact(target)} has no {stage} checkpoint (neither stages/{stage}/meta.json nor a "
         f"checkpoint_*/ of stage {stage}); has it trained that stage? Pass --checkpoint PATH to choose one"
     )
+
+
+def checkpoint_selection(
+    checkpoint_url: str, choice: str, storage_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """How the checkpoint at ``checkpoint_url`` was chosen (``--checkpoint`` = ``choice``).
+
+    For ``best``: the FT step, val Dice and source checkpoint that training recorded in
+    ``best/best.json`` (None where a hand-made best/ carries no record).
+    """
+    if choice == "last":
+        return {"choice": "last", "rule": "final checkpoint of the last stage (the reported model)"}
+    if choice != "best":
+        return {"choice": "path", "rule": "given by --checkpoint"}
+    fs, root = filesystem_for(checkpoint_url, storage_options)
+    record = _read_json(fs, _join(root, BEST_RECORD)) or {}
+    return {"choice": "best", "rule": "highest mean Dice on the val split, chosen during training",
+            "ft_step": record.get("ft_step"), "val_dice": record.get("val_dice"),
+            "source": redact(record["source"]) if record.get("source") else None}
 
 
 def _load_checkpoint_any(url: str, storage_options: Mapping[str, Any] | None):

@@ -20,7 +20,7 @@ from action_ray.model.heads import (
     patch_starts,
     pooled_local_patches,
 )
-from action_ray.model.teacher import copy_parameters_, ema_update_, make_ema_copy
+from action_ray.model.teacher import copy_parameters_, ema_buffers_, ema_update_, make_ema_copy
 from action_ray.model.unet import UNet, UNet2d, UNet3d, UNetOutput, freeze_decoder
 
 __all__ = [
@@ -43,6 +43,7 @@ __all__ = [
     "patch_starts",
     "pooled_local_patches",
     "copy_parameters_",
+    "ema_buffers_",
     "ema_update_",
     "make_ema_copy",
     "UNet",

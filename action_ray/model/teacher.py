@@ -1,8 +1,10 @@
 """The momentum (EMA) teacher: theta_t <- m * theta_t + (1 - m) * theta_s (method.md Part B §4).
 
-Only parameters are averaged. BatchNorm running statistics are *not* copied: the teacher runs
-in train mode (batch statistics) throughout, so its buffers only follow its own forwards, as in
-the published code. The teacher never requires grad.
+`ema_update_` averages parameters only. BatchNorm running statistics are *not* copied: the
+published teacher runs in train mode (batch statistics) throughout, so its buffers only follow its
+own forwards. A teacher run in eval mode (``ft.teacher_eval``) never runs a train-mode forward, so
+its running statistics would stay frozen at the hand-off while its weights move on; for it,
+`ema_buffers_` averages the floating-point buffers the same way. The teacher never requires grad.
 """
 
 from __future__ import annotations
@@ -46,6 +48,26 @@ def ema_update_(teacher: nn.Module, student: nn.Module, momentum: float) -> None
         return
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+
+
+@torch.no_grad()
+def ema_buffers_(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """In place: every floating-point teacher buffer (BN running mean/var) <- EMA of the student's.
+
+    Integer buffers (``num_batches_tracked``) are copied. For an eval-mode teacher, whose running
+    statistics must describe the weights it has now, not the ones it was handed at the start.
+    """
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"EMA momentum must be in [0, 1], got {momentum}")
+    t_named, s_named = list(teacher.named_buffers()), list(student.named_buffers())
+    if [(n, b.shape) for n, b in t_named] != [(n, b.shape) for n, b in s_named]:
+        raise ValueError("EMA teacher and student have different buffers; build the teacher with make_ema_copy(student)")
+    floats = [(t, s) for (_, t), (_, s) in zip(t_named, s_named) if t.is_floating_point()]
+    if floats:
+        torch._foreach_lerp_([t for t, _ in floats], [s for _, s in floats], 1.0 - momentum)
+    for (_, t), (_, s) in zip(t_named, s_named):
+        if not t.is_floating_point():
+            t.copy_(s)
 
 
 @torch.no_grad()

@@ -10,7 +10,9 @@ mechanisms cover both failure modes:
 
 The run directory ``<storage_path>/<run_name>/`` (local or ``s3://``) holds ``config.yaml``,
 ``label_split.json``, ``metrics.jsonl``, Ray's ``checkpoint_*`` folders, the final checkpoint
-of each stage in ``stages/<stage>/`` and ``result.json`` once every stage is done. On S3, Ray
+of each stage in ``stages/<stage>/`` and ``result.json`` once every stage is done; with
+``eval.val_every > 0`` also ``validation.jsonl`` and the best-on-validation checkpoint
+``best/`` (``train.validation``), named in ``result.json`` as ``best_checkpoint``. On S3, Ray
 (pyarrow) and our own writes (fsspec) both take credentials and endpoint from the standard
 ``AWS_*`` environment variables; set them before Ray starts (or in the job's runtime_env).
 """
@@ -21,7 +23,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from action_ray.config import STAGE_ORDER, Config
 from action_ray.errors import ActionRayError, ConfigError
@@ -80,10 +82,11 @@ def data_config(config: Config):
     return DataConfig(datasets_to_split="all", execution_options=options)
 
 
-def build_trainer(config: Config, settings: LoopSettings, datasets: dict[str, Any], run_name: str):
+def build_trainer(config: Config, settings: LoopSettings, datasets: dict[str, Any], run_name: str,
+                  callbacks: Sequence[Any] = ()):
     """The `TorchTrainer` of a run: fractional CPU workers or GPU workers, gloo/nccl with the
     configured collective timeout, checkpoints kept per ``train.num_to_keep``, retries per
-    ``train.max_failures``."""
+    ``train.max_failures``, and the given Ray Train ``callbacks`` (validation)."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -98,6 +101,7 @@ def build_trainer(config: Config, settings: LoopSettings, datasets: dict[str, An
         failure_config=FailureConfig(max_failures=t.max_failures),
         checkpoint_config=CheckpointConfig(num_to_keep=t.num_to_keep),
         logging_config=LoggingConfig("WARNING"),  # rank 0 prints the progress; Ray's INFO lines drown it
+        callbacks=list(callbacks) or None,
     )
     return TorchTrainer(
         train_loop_per_worker,
@@ -222,13 +226,52 @@ def build_datasets(config: Config, split_json: str) -> tuple[dict[str, Any], dic
     return datasets, streams.meta.iter_kwargs()
 
 
+def validation_callbacks(config: Config, run_dir: str, log: Callable[[str], None] = print) -> list[Any]:
+    """The validation callback of a run (see ``train.validation``), or none, with the reason logged.
+
+    Off when ``eval.val_every`` is 0, when the run trains no FT stage, in Ray Train's local mode
+    (``train.num_workers=0``: no checkpoints are kept to score) and when the store's val split
+    has no labelled case (training still runs; ``--checkpoint best`` then has nothing to serve).
+    """
+    from action_ray.train.validation import ValidationCallback, ValidationSchedule, labelled_val_cases
+
+    schedule = ValidationSchedule.of(config)
+    if "ft" not in (config.stages or []):
+        return []  # pre-training has no segmentation to validate
+    if not schedule.enabled:
+        log("validation off (eval.val_every=0): no best-on-validation checkpoint will be kept")
+        return []
+    if config.train.num_workers == 0:
+        log("validation off: Ray Train's local mode (train.num_workers=0) keeps no checkpoints to score")
+        return []
+    if not labelled_val_cases(str(config.data.store), config.data.storage_options):
+        log(f"validation off: the store {redact(str(config.data.store))} has no labelled case in its val "
+            "split, so no best-on-validation checkpoint will be kept")
+        return []
+    log(schedule.describe())
+    return [ValidationCallback.for_run(config, run_dir)]
+
+
+def best_summary(run_dir: str) -> dict[str, Any]:
+    """``best_checkpoint`` / ``best_val_dice`` / ``best_ft_step`` for ``result.json``, if a best was kept."""
+    from action_ray.train.validation import read_best
+
+    best = read_best(run_dir)
+    if best is None:
+        return {}
+    return {"best_checkpoint": best.checkpoint, "best_val_dice": best.val_dice, "best_ft_step": best.ft_step}
+
+
 def run_training(
-    config: Config, *, stop_after_steps: int | None = None, log: Callable[[str], None] = print
+    config: Config, *, stop_after_steps: int | None = None, log: Callable[[str], None] = print,
+    callbacks: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
     """Plan, fit and record one run; returns the summary also written to ``result.json``.
 
     ``stop_after_steps`` (testing aid) stops the workers after that many steps without a
     final checkpoint, as if the job had died; the summary then has ``interrupted=True``.
+    ``callbacks``: Ray Train callbacks to attach instead of the default validation callback
+    (:func:`validation_callbacks`); Tune sweeps pass their own, which also reports to Tune.
     """
     plan = plan_run(config)
     if plan.complete:
@@ -240,6 +283,8 @@ def run_training(
         log("train.num_workers=0 is Ray Train's local mode (one process, no actors): Ray keeps no "
             "checkpoints there, so the run cannot resume or survive a failure; stages/<stage>/ "
             "still gets each stage's final checkpoint")
+    if callbacks is None:
+        callbacks = validation_callbacks(config, plan.run_dir, log)
     ensure_ray(config, log)
     from ray.data import DataContext
 
@@ -252,7 +297,7 @@ def run_training(
         num_classes=plan.num_classes, iter_kwargs=iter_kwargs, init_checkpoint=config.train.init_from,
         stop_after_steps=stop_after_steps, write_pid=not is_remote(plan.run_dir),
     )
-    trainer = build_trainer(config, settings, datasets, plan.name)
+    trainer = build_trainer(config, settings, datasets, plan.name, callbacks)
     import ray.train
 
     try:
@@ -263,9 +308,13 @@ def run_training(
         ) from exc
     summary = dict(result.return_value or {})
     summary.update(run_name=plan.name, run_dir=plan.run_dir, stages=list(config.stages or []))
+    summary.update(best_summary(plan.run_dir))
     if not summary.get("interrupted"):
         fs, root = filesystem_for(plan.run_dir)
         final = f"{plan.run_dir}/stages/{summary.get('stage')}"
         summary["final_checkpoint"] = final
         _write_text(fs, f"{root}/result.json", json.dumps(summary, indent=2))
+        if "best_checkpoint" in summary:
+            log(f"best on validation: FT step {summary['best_ft_step']}, val Dice "
+                f"{summary['best_val_dice']:.4f} -> {redact(summary['best_checkpoint'])}")
     return summary

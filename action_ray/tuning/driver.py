@@ -13,7 +13,9 @@ that checkpoint with :func:`action_ray.evaluation.evaluate_run` (``split="val"``
 without a checkpoint, and all P1/P2 reports, are not forwarded: pre-training has no
 segmentation to judge, and ASHA must not stop ACTION for a decoder it has not trained yet.
 Training pauses while a validation runs (the report is a barrier); size ``train.checkpoint_every``
-to the validation cadence you want.
+to the validation cadence you want (in a sweep every FT checkpoint is validated, whatever
+``eval.val_every`` says). Scoring, ``validation.jsonl`` and the best-on-validation ``best/``
+are :mod:`action_ray.train.validation`'s, shared with ``action-ray train``.
 
 The test split is used only after a trial ends (``tune.test_split``), for the table; it never
 reaches Tune's metric, so it cannot influence early stopping or selection.
@@ -30,15 +32,15 @@ from typing import Any, Callable, Mapping
 
 from action_ray.config import Config
 from action_ray.errors import ActionRayError
+from action_ray.train.validation import (
+    EVAL_DEVICE,
+    CheckpointValidator,
+    evaluate_checkpoint,
+    ft_checkpoint_step,
+    read_validation_log,
+)
 from action_ray.tuning.space import TIME_ATTR, SweepConfig, dump_sweep, sweep_name, trial_config
 from action_ray.urls import filesystem_for, is_remote, redact
-
-#: Written by the validation callback in each run directory: one JSON line per validated checkpoint.
-VALIDATION_LOG = "validation.jsonl"
-#: Evaluation runs in the Train controller (validation) and the trial driver (test), which hold
-#: no GPU: Ray hides the GPUs from them, and asking for one would wait on the GPU the trial's
-#: own workers hold while they sit in the report barrier. So evaluation is on CPU.
-EVAL_DEVICE = "cpu"
 
 
 # ------------------------------------------------------------------------------- resources
@@ -99,54 +101,6 @@ def ensure_tune_ray(sweep: SweepConfig, base: Config, resources: TrialResources,
              object_store_memory=LOCAL_OBJECT_STORE_BYTES, configure_logging=False)
 
 
-# ------------------------------------------------------------------------------ evaluation
-def summary_metrics(summary: Mapping[str, Any], prefix: str) -> dict[str, float]:
-    """Flatten an ``evaluate_run`` summary: ``<prefix>_dice``, ``<prefix>_hd95_mm`` and per
-    class ``<prefix>_dice_<name>``, ``<prefix>_hd95_mm_<name>`` (None -> NaN)."""
-
-    def number(value: Any) -> float:
-        return float("nan") if value is None else float(value)
-
-    overall = summary.get("overall", {})
-    out = {f"{prefix}_{key}": number(overall.get(key)) for key in ("dice", "hd95_mm", "asd_vox")}
-    for entry in summary.get("per_class", {}).values():
-        name = str(entry.get("name"))
-        for key in ("dice", "hd95_mm"):
-            out[f"{prefix}_{key}_{name}"] = number(entry.get(key))
-    return out
-
-
-def evaluate_checkpoint(run_dir: str, store: str, storage_options: Mapping[str, Any] | None, *,
-                        split: str, checkpoint: str, out_dir: str, device: str) -> dict[str, float]:
-    """Score one checkpoint of a run on ``split``; returns :func:`summary_metrics`."""
-    from action_ray.evaluation import evaluate_run
-
-    summary = evaluate_run(run_dir, store, split=split, out_dir=out_dir, checkpoint=checkpoint,
-                           storage_options=storage_options, device=device, progress=False)
-    return summary_metrics(summary, split)
-
-
-def _append_line(path_dir: str, name: str, row: Mapping[str, Any]) -> None:
-    fs, root = filesystem_for(path_dir)
-    path = f"{root}/{name}"
-    old = ""
-    if fs.exists(path):
-        with fs.open(path, "r") as handle:
-            old = handle.read()
-    with fs.open(path, "w") as handle:
-        handle.write(old + json.dumps(row, sort_keys=True) + "\n")
-
-
-def read_validation_log(run_dir: str) -> list[dict[str, Any]]:
-    """Every validation the callback ran for this run, in order."""
-    fs, root = filesystem_for(run_dir)
-    path = f"{root}/{VALIDATION_LOG}"
-    if not fs.exists(path):
-        return []
-    with fs.open(path, "r") as handle:
-        return [json.loads(line) for line in handle.read().splitlines() if line.strip()]
-
-
 def _tune_report_callback_class():
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -154,32 +108,33 @@ def _tune_report_callback_class():
 
 
 class ValidationReportCallback(_tune_report_callback_class()):
-    """Forward FT checkpoints to Tune with their validation Dice (see the module docstring)."""
+    """Forward FT checkpoints to Tune with their validation Dice (see the module docstring).
+
+    Scoring, ``validation.jsonl`` and the best-on-validation ``best/`` are
+    :class:`~action_ray.train.validation.CheckpointValidator`'s, as in ``action-ray train``;
+    the schedule differs: every FT checkpoint is validated, because ASHA compares trials at
+    each one (``train.checkpoint_every`` is the sweep's validation cadence).
+    """
 
     def __init__(self, run_dir: str, store: str, storage_options: Mapping[str, Any] | None, device: str) -> None:
         super().__init__()
-        self.run_dir = run_dir
-        self.store = store
-        self.storage_options = dict(storage_options or {})
-        self.device = device
+        self.validator = CheckpointValidator(run_dir, store, storage_options, device)
+
+    @property
+    def run_dir(self) -> str:
+        return self.validator.run_dir
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
-        row = dict(metrics[0])
-        if checkpoint is None or row.get("stage") != "ft":
+        step = ft_checkpoint_step(metrics, checkpoint)
+        if step is None:
             return
-        step = int(row["step"])
-        started = time.perf_counter()
-        path = checkpoint.path
-        if is_remote(self.run_dir) and "://" not in path:  # pyarrow paths drop the scheme
-            path = f"{self.run_dir.split('://', 1)[0]}://{path}"
-        scores = evaluate_checkpoint(
-            self.run_dir, self.store, self.storage_options or None, split="val", checkpoint=path,
-            out_dir=f"{self.run_dir}/validation/ft-{step:06d}", device=self.device)
-        row.update(scores)
+        path = self.validator.checkpoint_url(checkpoint.path)
+        validation = self.validator.validate(step, path)
+        row = dict(metrics[0])
+        row.update({k: v for k, v in validation.items() if k.startswith("val_")})
         row[TIME_ATTR] = step
-        row["val_seconds"] = time.perf_counter() - started
+        row["val_seconds"] = validation["validation_seconds"]
         row["checkpoint_path"] = path
-        _append_line(self.run_dir, VALIDATION_LOG, {"ft_step": step, **scores})
         self._training_actor_item_queue.put(row)
 
 
@@ -196,32 +151,12 @@ def _split_facts(run_dir: str) -> dict[str, Any]:
 
 
 def fit_run(config: Config, callbacks: list[Any]) -> dict[str, Any]:
-    """``trainer.run_training`` with extra Ray Train callbacks: plan, fit, record ``result.json``.
+    """``trainer.run_training`` with the trial's Ray Train callbacks (instead of its default
+    validation callback): plan, fit, record ``result.json`` (with the best-on-validation
+    checkpoint the callbacks kept)."""
+    from action_ray.train.trainer import run_training
 
-    Kept to the training layer's public pieces (`plan_run`, `build_datasets`, `build_trainer`);
-    the callbacks are the only addition. (A ``callbacks=`` parameter on ``run_training`` would
-    make this function unnecessary.)
-    """
-    from action_ray.train.loop import LoopSettings
-    from action_ray.train.trainer import build_datasets, build_trainer, plan_run, read_result
-
-    plan = plan_run(config)
-    if plan.complete:
-        return read_result(plan.run_dir) or {}
-    datasets, iter_kwargs = build_datasets(config, plan.split_json)
-    settings = LoopSettings(config=config.to_dict(), label_split=plan.split_json, run_dir=plan.run_dir,
-                            num_classes=plan.num_classes, iter_kwargs=iter_kwargs,
-                            init_checkpoint=config.train.init_from, write_pid=not is_remote(plan.run_dir))
-    trainer = build_trainer(config, settings, datasets, plan.name)
-    trainer.run_config.callbacks = [*(trainer.run_config.callbacks or []), *callbacks]
-    result = trainer.fit()
-    summary = dict(result.return_value or {})
-    summary.update(run_name=plan.name, run_dir=plan.run_dir, stages=list(config.stages or []),
-                   final_checkpoint=f"{plan.run_dir}/stages/{summary.get('stage')}")
-    fs, root = filesystem_for(plan.run_dir)
-    with fs.open(f"{root}/result.json", "w") as handle:
-        handle.write(json.dumps(summary, indent=2))
-    return summary
+    return run_training(config, callbacks=callbacks, log=lambda _line: None)
 
 
 def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str, test_split: bool) -> None:
@@ -245,7 +180,7 @@ def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str,
     final: dict[str, Any] = {"run_dir": run_dir, "train_seconds": train_seconds, **_split_facts(run_dir)}
     history = read_validation_log(run_dir)
     if history:
-        final.update(history[-1])
+        final.update({k: v for k, v in history[-1].items() if k == "ft_step" or k.startswith("val_")})
     else:  # no FT checkpoint was reported (should not happen: every stage ends with one)
         final.update(evaluate_checkpoint(run_dir, str(config.data.store), config.data.storage_options or None,
                                          split="val", checkpoint="last", out_dir=f"{run_dir}/validation/last",

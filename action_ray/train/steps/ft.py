@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from action_ray.config import Config
 from action_ray.losses import ClassKeyBank, anatomical_contrast_loss, pseudo_label_loss, supervised_loss
 from action_ray.losses.sampling import uniform_from_masks
-from action_ray.model import ema_update_
+from action_ray.model import ema_buffers_, ema_update_
 from action_ray.train.state import TrainState
 from action_ray.train.steps.common import (
     apply_update,
@@ -133,6 +133,8 @@ def ft_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -
         ema_update_(model.teacher, model.student, config.ema_momentum)
     apply_update(state, loss)
     ema_update_(model.teacher, model.student, config.ema_momentum)
+    if ft.teacher_eval:  # an eval-mode teacher never refreshes its own BN statistics
+        ema_buffers_(model.teacher, model.student, config.ema_momentum)
     if state.pixel_bank is not None:
         state.pixel_bank.enqueue(*sample_bank_pixels(rep, labels, valid, num_classes, ft.num_queries, state.generator))
     confident = (c_mix >= ft.strong_threshold).float().mean()
