@@ -66,7 +66,11 @@ def demo_config(args: argparse.Namespace, store: str, runs: str):
     ]
     report_every = max(1, min(10, args.iterations // 5))
     checkpoint_every = report_every * max(1, args.iterations // (2 * report_every))
-    overrides += [f"train.report_every={report_every}", f"train.checkpoint_every={checkpoint_every}"]
+    # validation (best/ checkpoint) at mid-FT and at the end: every checkpoint would pause the
+    # demo's training ten times for a few seconds each
+    val_every = checkpoint_every * max(1, ft_iterations(args) // (2 * checkpoint_every))
+    overrides += [f"train.report_every={report_every}", f"train.checkpoint_every={checkpoint_every}",
+                  f"eval.val_every={val_every}"]
     config = load_config("cpu-demo", overrides + list(args.overrides or ()))
     config.train.resume = True  # the run name is the config hash: same flags, same run
     return config
