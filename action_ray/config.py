@@ -108,7 +108,13 @@ class DataConfig(_Section):
     )
     split_seed: int = Field(0, description="seed of the patient-level labelled/unlabelled split")
     dims: Literal[2, 3] = 2
-    slice_size: int = Field(256, ge=16, description="2-D training slices are resized to this square")
+    slice_size: int = Field(256, ge=16, description="2-D slices are resized to this square (training and evaluation)")
+    crop_size: int | None = Field(
+        None, ge=16, description="train on random crop_size² windows of the slices (None: whole slices)"
+    )
+    crop_foreground_p: float = Field(
+        0.0, ge=0, le=1, description="chance that a labelled crop is centred on a foreground pixel"
+    )
     patch_size: tuple[int, int, int] | None = Field(
         None, description="3-D training patch (D, H, W) = (z, y, x); LA: [80, 112, 112]"
     )
@@ -144,9 +150,22 @@ class DataConfig(_Section):
                 )
         elif self.patch_size is not None:
             raise ValueError("data.patch_size is only used with data.dims=3; remove it or set data.dims=3")
+        if self.crop_size is not None:
+            if self.dims == 3:
+                raise ValueError("data.crop_size crops 2-D slices; 3-D runs train on data.patch_size")
+            if self.crop_size % 16 or self.crop_size > self.slice_size:
+                raise ValueError(
+                    f"data.crop_size={self.crop_size} must be a multiple of 16 and at most "
+                    f"data.slice_size={self.slice_size}"
+                )
         if self.intensity_window is not None and self.intensity_window[0] >= self.intensity_window[1]:
             raise ValueError(f"data.intensity_window={list(self.intensity_window)} must be [low, high] with low < high")
         return self
+
+    @property
+    def train_side(self) -> int:
+        """Side of the 2-D training input: the crop when cropping, else the whole slice."""
+        return self.crop_size or self.slice_size
 
     @property
     def pretrain_batch(self) -> int:
@@ -207,9 +226,17 @@ class ModelConfig(_Section):
 
 # ------------------------------------------------------------------------------------ stages
 class StageConfig(_Section):
-    """Optimiser and schedule of one stage: SGD with lr = lr·(1 − t/iterations)^poly_power (§5.6)."""
+    """Optimiser and schedule of one stage.
+
+    Published (§5.6): SGD with lr = lr·(1 − t/iterations)^poly_power. ``optimizer=adamw`` with
+    ``lr_schedule=onecycle`` (torch's ``OneCycleLR``: warm-up over ``warmup_fraction``, then
+    cosine annealing) is the short-run recipe of the CPU quality preset (docs/method.md).
+    """
 
     iterations: int = Field(30000, ge=1)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr_schedule: Literal["poly", "onecycle"] = "poly"
+    warmup_fraction: float = Field(0.1, gt=0, lt=1, description="onecycle: share of steps warming up")
     lr: float = Field(0.01, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(1e-4, ge=0)
@@ -296,6 +323,10 @@ class FineTuneConfig(_Section):
     num_negatives: int = Field(512, ge=1)
     anco_weight: float = Field(0.01, ge=0)
     unsup_weight: float = Field(1.0, ge=0)
+    unsup_rampup: float = Field(
+        0.0, ge=0, le=1,
+        description="sigmoid ramp-up of the pseudo-label weight over this fraction of FT (0: published, none)",
+    )
     anco_negatives: Literal["batch", "bank"] = "batch"
     anco_bank_size: int = Field(2048, ge=1, description="pixel keys per class when anco_negatives=bank")
     mix: Literal["cutmix", "classmix", "cutout"] = "cutmix"
@@ -433,7 +464,7 @@ class Config(_Section):
             self.model.dims = self.data.dims
         elif self.model.dims != self.data.dims:
             raise ValueError(f"model.dims={self.model.dims} differs from data.dims={self.data.dims}")
-        sides = self.data.patch_size if self.data.dims == 3 else (self.data.slice_size,)
+        sides = self.data.patch_size if self.data.dims == 3 else (self.data.train_side,)
         if self.model.cut_size > min(sides):
             raise ValueError(
                 f"model.cut_size={self.model.cut_size} is larger than the training "

@@ -84,7 +84,10 @@ def test_two_workers_global_bank_and_exact_resume(ray_cluster, store_url, tmp_pa
     rows = read_metrics(f"{storage}/full")
     assert [(r["stage"], r["step"]) for r in rows] == [("p1", 1), ("p1", 2)] + [("p2", s) for s in range(1, 5)]
     assert all(r["replicas_identical"] for r in rows), rows
-    for name in ("config.yaml", "label_split.json", "result.json", "stages/p1/meta.json", "stages/p2/state.pt"):
+    p2_rows = [r for r in rows if r["stage"] == "p2"]  # diagnostics on every report step of P2
+    assert all(r["grad_ratio/encoder/global"] > 0 and -1 <= r["grad_cos/decoder/local"] <= 1 for r in p2_rows)
+    for name in ("config.yaml", "label_split.json", "result.json", "curves.png", "stages/p1/meta.json",
+                 "stages/p2/state.pt"):
         assert os.path.exists(f"{storage}/full/{name}"), name
     final = load_checkpoint(f"{storage}/full/stages/p2")
     bank = final.train_state["banks"]["global"]
@@ -103,6 +106,22 @@ def test_two_workers_global_bank_and_exact_resume(ray_cluster, store_url, tmp_pa
     assert losses(read_metrics(f"{storage}/cut")) == losses(rows)
     again = run_training(cut_cfg, log=lambda _: None)  # complete: nothing more to do
     assert again["step"] == 4
+
+
+def test_deterministic_runs_repeat_with_crops(ray_cluster, store_url, tmp_path):
+    """train.deterministic with 2 workers and foreground crops: two fresh runs of the same config
+    report identical losses and pseudo-label statistics (the quality table relies on it)."""
+    storage = str(tmp_path / "runs")
+    extra = ["method=mean_teacher", "schedule.ft.iterations=6", "train.report_every=2",
+             "train.checkpoint_every=2", "train.deterministic=true", "data.crop_size=16",
+             "data.crop_foreground_p=0.5", "eval.val_every=0"]
+    first = run_training(config_for(store_url, storage, "det-a", *extra), log=lambda _: None)
+    second = run_training(config_for(store_url, storage, "det-b", *extra), log=lambda _: None)
+    assert first["step"] == second["step"] == 6
+    rows_a, rows_b = read_metrics(f"{storage}/det-a"), read_metrics(f"{storage}/det-b")
+    keys = ("step", "loss", "supervised", "consistency")
+    assert [[r[k] for k in keys] for r in rows_a] == [[r[k] for k in keys] for r in rows_b]
+    assert len({r["loss"] for r in rows_a}) == 3  # the losses move: this compares something
 
 
 def test_killed_worker_is_replaced_and_the_run_completes(ray_cluster, store_url, tmp_path):

@@ -66,7 +66,7 @@ def bank_worker(loop_config: dict) -> dict:
     wait_times: list[float] = []
     for bank in state.banks().values():
         bank.enqueue = _timed(bank.enqueue, enqueue_times, wait_times, sync)
-    size, n = config.data.slice_size, config.data.pretrain_batch
+    size, n = config.data.train_side, config.data.pretrain_batch
     g = torch.Generator().manual_seed(0)
     batch = {"image": torch.rand((n, 1, size, size), generator=g),
              "label": torch.randint(0, 4, (n, size, size), generator=g),

@@ -16,6 +16,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "stream": ("action_ray.bench.stream", "Ray Data samples/s vs a direct read loop vs step consumption"),
     "bank": ("action_ray.bench.bank", "share of step time in the global bank enqueue, 1 vs 2 workers"),
     "quality": ("action_ray.bench.quality", "methods x label ratios Dice/HD95 table on cardiac phantoms"),
+    "variants": ("action_ray.bench.variants", "training variants x draws, val Dice at fixed FT steps (no Ray)"),
 }
 
 

@@ -41,12 +41,23 @@ SMOKE_ARMS = ("{grid_search: [{method: supervised, data.labelled_patients: 1}, "
               "{method: action, data.labelled_patients: 1}, {method: supervised, data.label_ratio: 0.25}, "
               "{method: action, data.label_ratio: 0.25}]}")
 
+#: What each part of ACTION contributes (1 and 3 labelled patients, 3 draws), beside the control
+#: of a supervised run with ACTION's labelled exposure (P2 + FT steps of supervised training).
+ABLATION_ARMS = ("{grid_search: ["
+                 "{method: action_ft_only, data.labelled_patients: 1}, "
+                 "{method: action, ft.anco_weight: 0, data.labelled_patients: 1}, "
+                 "{method: supervised, schedule.ft.iterations: 2100, data.labelled_patients: 1}, "
+                 "{method: action_ft_only, data.labelled_patients: 3}, "
+                 "{method: action, ft.anco_weight: 0, data.labelled_patients: 3}, "
+                 "{method: supervised, schedule.ft.iterations: 2100, data.labelled_patients: 3}]}")
+
 PROFILES: dict[str, QualityProfile] = {
     "smoke": QualityProfile(16, 128, "tune-quality-quick", (
         f"space.arm={SMOKE_ARMS}", "space.draw={train.seed: 0, data.split_seed: 0}",
         "schedule.p1.iterations=20", "schedule.p2.iterations=20", "schedule.ft.iterations=40",
         "train.report_every=20", "train.checkpoint_every=40")),
     "quick": QualityProfile(57, 128, "tune-quality-quick"),
+    "ablation": QualityProfile(57, 128, "tune-quality-quick", (f"space.arm={ABLATION_ARMS}",)),
     "full": QualityProfile(100, 256, "tune-quality-full"),
 }
 
@@ -55,7 +66,8 @@ METHOD_COLUMNS = ("supervised", "mean_teacher", "action")
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile", choices=sorted(PROFILES), default="quick",
-                        help="smoke (minutes), quick (2 CPU cores, <= 60 min), full (GPUs)")
+                        help="smoke (minutes), quick (the table, 2 CPU cores, <= 90 min), ablation "
+                             "(what each part of ACTION adds, 2 CPU cores), full (GPUs)")
     parser.add_argument("--out", default="bench-quality", help="phantoms, store and sweep go here")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="synth/ingest processes")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
@@ -89,6 +101,18 @@ def label_row(row: Mapping[str, Any]) -> str:
     return f"{float(row['data.label_ratio']) * 100:g} %"
 
 
+def method_label(row: Mapping[str, Any]) -> str:
+    """The table column of a trial: its method, marked when an ablation key changes it."""
+    name = str(row.get("method"))
+    anco = row.get("ft.anco_weight")
+    if isinstance(anco, (int, float)) and not (isinstance(anco, float) and math.isnan(anco)) and anco == 0:
+        name += " (no L_anco)"
+    steps = row.get("schedule.ft.iterations")
+    if isinstance(steps, (int, float)) and not (isinstance(steps, float) and math.isnan(steps)):
+        name += f" ({int(steps)} FT steps)"
+    return name
+
+
 def _cell(values: Sequence[float], scale: float) -> str:
     from action_ray.tuning.results import fmt_mean_sd, mean_sd
 
@@ -111,7 +135,7 @@ def quality_tables(rows: Sequence[Mapping[str, Any]]) -> str:
     done = [r for r in rows if r.get("status") == "done" and "test_dice" in r]
     by_cell: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in done:
-        by_cell.setdefault((label_row(row), str(row.get("method"))), []).append(row)
+        by_cell.setdefault((label_row(row), method_label(row)), []).append(row)
     labels = sorted({k[0] for k in by_cell}, key=_label_order)
     methods = [m for m in METHOD_COLUMNS if any(k[1] == m for k in by_cell)]
     methods += sorted({k[1] for k in by_cell} - set(methods))
@@ -160,14 +184,67 @@ def timing_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     from action_ray.tuning.results import mean_sd
 
     lines = []
-    for method in sorted({str(r.get("method")) for r in rows}):
-        members = [r for r in rows if r.get("method") == method and r.get("status") == "done"]
+    for method in sorted({method_label(r) for r in rows}):
+        members = [r for r in rows if method_label(r) == method and r.get("status") == "done"]
         train, _, n = mean_sd(r.get("train_seconds", math.nan) for r in members)
         test, _, _ = mean_sd(r.get("test_seconds", math.nan) for r in members)
         if n:
             lines.append(f"- {method}: {train:.0f} s training per trial (incl. Ray start-up and validation), "
                          f"{test:.0f} s test evaluation, {n} trial(s)")
     return lines
+
+
+# --------------------------------------------------------------------------- val curves
+def validation_curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """{label amount: {method: {FT step: [val Dice of each draw]}}} from the trials' logs."""
+    from action_ray.train.validation import read_validation_log
+
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {}
+    for row in rows:
+        if row.get("status") != "done" or not row.get("run_dir"):
+            continue
+        per_step = curves.setdefault(label_row(row), {}).setdefault(method_label(row), {})
+        for entry in read_validation_log(str(row["run_dir"])):
+            if isinstance(entry.get("val_dice"), (int, float)):
+                per_step.setdefault(int(entry["ft_step"]), []).append(float(entry["val_dice"]))
+    return curves
+
+
+def plot_validation_curves(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    """PNG: one panel per label amount, val Dice (%) against FT step per method, mean ± sd."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from action_ray.tuning.results import mean_sd
+
+    curves = validation_curves(rows)
+    labels = sorted(curves, key=_label_order)
+    figure = Figure(figsize=(3.6 * max(1, len(labels)), 3.2), dpi=110)
+    for index, label in enumerate(labels):
+        axes = figure.add_subplot(1, max(1, len(labels)), index + 1)
+        for method in [m for m in METHOD_COLUMNS if m in curves[label]] + \
+                sorted(set(curves[label]) - set(METHOD_COLUMNS)):
+            steps = sorted(curves[label][method])
+            stats = [mean_sd(curves[label][method][s]) for s in steps]
+            axes.errorbar(steps, [100 * m for m, _, _ in stats],
+                          yerr=[100 * (sd if math.isfinite(sd) else 0.0) for _, sd, _ in stats],
+                          marker="o", capsize=3, label=method)
+        axes.set_title(f"{label} labelled", fontsize=9)
+        axes.set_xlabel("FT step", fontsize=8)
+        axes.set_ylim(0, 100)
+        axes.grid(True, alpha=0.3)
+        if index == 0:
+            axes.set_ylabel("val Dice (%)", fontsize=8)
+            axes.legend(fontsize=7)
+    figure.suptitle("Validation Dice during fine-tuning (mean ± sd over draws)", fontsize=9)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    return buffer.getvalue()
 
 
 # ------------------------------------------------------------------------------------ run
@@ -200,5 +277,11 @@ def run(args: argparse.Namespace) -> int:
     print(report)
     with open(os.path.join(outcome.sweep_dir, "quality.md"), "w") as handle:
         handle.write(report)
+    try:
+        with open(os.path.join(outcome.sweep_dir, "val_curves.png"), "wb") as handle:
+            handle.write(plot_validation_curves(outcome.rows))
+        print(f"validation curves: {os.path.join(outcome.sweep_dir, 'val_curves.png')}")
+    except Exception as exc:  # noqa: BLE001 - the table is the result; a plot failure only warns
+        print(f"warning: could not draw the validation curves: {exc}")
     failed = [r for r in outcome.rows if r.get("status") == "error"]
     return 1 if failed else 0

@@ -290,6 +290,8 @@ def run_stages(
     from action_ray.distributed import rank as current_rank
     from action_ray.train.state import build_state
     from action_ray.train.steps import step_function
+    from action_ray.train.steps.common import crop_batch
+    from action_ray.train.steps.diagnostics import take as take_diagnostics
 
     rank = current_rank()
     history: list[dict[str, Any]] = list(resume.metrics) if resume else []
@@ -314,7 +316,7 @@ def run_stages(
             if settings.stop_after_steps is not None and steps_this_session >= settings.stop_after_steps:
                 return {"stage": stage, "step": state.step, "interrupted": True}
             position, parts = next(stream)
-            losses = step_fn(state, compose_batch(stage, parts), config)
+            losses = step_fn(state, crop_batch(state, compose_batch(stage, parts)), config)
             steps_this_session += 1
             window_steps += 1
             for name, value in losses.items():
@@ -323,6 +325,7 @@ def run_stages(
             if state.step % config.train.report_every and not done:
                 continue
             metrics = _window_metrics(state, position, sums, window_steps, time.perf_counter() - window_start)
+            metrics.update(take_diagnostics(state.extras))
             history.append(metrics)
             checkpoint = None
             if done or state.step % config.train.checkpoint_every == 0:

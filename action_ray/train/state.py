@@ -36,7 +36,7 @@ from action_ray.distributed import rank as current_rank
 from action_ray.distributed import world_size
 from action_ray.errors import ConfigError
 from action_ray.model import ActionModel, HeadSizes, build_unet, patch_starts
-from action_ray.train.optim import build_optimizer, poly_schedule
+from action_ray.train.optim import build_optimizer, stage_schedule
 
 STATE_FORMAT = 1
 
@@ -171,7 +171,7 @@ def strong_augment_from(config: Config, num_classes: int) -> StrongAugment:
 
 def num_local_patches(config: Config) -> int:
     """P, the number of local windows per training image (36 for 256/64/32 and 64/16/8)."""
-    sides = config.data.patch_size if config.data.dims == 3 else (config.data.slice_size,) * 2
+    sides = config.data.patch_size if config.data.dims == 3 else (config.data.train_side,) * 2
     count = 1
     for side in sides:
         count *= len(patch_starts(side, config.model.cut_size, config.model.cut_stride, config.data.dims == 3))
@@ -213,7 +213,7 @@ def _assemble(
 ) -> TrainState:
     """Optimiser, schedule, banks and callables of ``stage`` around an existing model."""
     optimizer = build_optimizer(model, stage, config.stage(stage))
-    scheduler = poly_schedule(optimizer, config.stage(stage))
+    scheduler = stage_schedule(optimizer, config.stage(stage))
     banks = {name: bank.to(device) for name, bank in _banks_for(config, model, stage, method, num_classes).items()}
     return TrainState(
         config=config, method=method, stage=stage, device=device, model=model,

@@ -262,6 +262,20 @@ def best_summary(run_dir: str) -> dict[str, Any]:
     return {"best_checkpoint": best.checkpoint, "best_val_dice": best.val_dice, "best_ft_step": best.ft_step}
 
 
+def _write_run_curves(plan: RunPlan, log: Callable[[str], None]) -> None:
+    """``curves.png`` from the run's reports and validations; a plotting failure only warns."""
+    from action_ray.train.curves import write_curves
+    from action_ray.train.validation import read_validation_log
+
+    try:
+        where = write_curves(plan.run_dir, read_metrics(plan.run_dir), read_validation_log(plan.run_dir),
+                             title=plan.name)
+    except Exception as exc:  # noqa: BLE001 - a missing plot must not fail a finished run
+        log(f"warning: could not draw curves.png: {exc}")
+        return
+    log(f"curves: {redact(where)}")
+
+
 def run_training(
     config: Config, *, stop_after_steps: int | None = None, log: Callable[[str], None] = print,
     callbacks: Sequence[Any] | None = None,
@@ -309,6 +323,7 @@ def run_training(
     summary = dict(result.return_value or {})
     summary.update(run_name=plan.name, run_dir=plan.run_dir, stages=list(config.stages or []))
     summary.update(best_summary(plan.run_dir))
+    _write_run_curves(plan, log)
     if not summary.get("interrupted"):
         fs, root = filesystem_for(plan.run_dir)
         final = f"{plan.run_dir}/stages/{summary.get('stage')}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from action_ray.augment.crop import random_crops
 from action_ray.distributed import all_reduce_gradients_
 from action_ray.train.state import TrainState
 
@@ -30,6 +31,29 @@ def images_on_device(state: TrainState, images: torch.Tensor) -> torch.Tensor:
 def labels_on_device(state: TrainState, labels: torch.Tensor) -> torch.Tensor:
     """Integer labels (B, *S) as int64 on the state's device."""
     return labels.to(state.device, dtype=torch.long, non_blocking=True)
+
+
+def crop_batch(state: TrainState, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch on the state's device, cut to ``data.crop_size``² windows when cropping.
+
+    Labelled images get foreground-centred windows with probability ``data.crop_foreground_p``
+    (``augment.crop``); unlabelled ones uniform windows. Draws come from ``state.generator``,
+    so a resumed run crops exactly as the uninterrupted one. Both batch layouts of
+    ``train.steps`` are handled (P1/P2 rows without a label have all-zero labels, hence
+    uniform windows).
+    """
+    data = state.config.data
+    if data.dims != 2 or data.crop_size is None:
+        return batch
+    out = {name: value.to(state.device, non_blocking=True) for name, value in batch.items()}
+    size, p = data.crop_size, data.crop_foreground_p
+    if "image" in out:
+        out["image"], out["label"] = random_crops(out["image"], out["label"], size, p, state.generator)
+    else:
+        out["image_l"], out["label_l"] = random_crops(out["image_l"], out["label_l"], size, p, state.generator)
+        if "image_u" in out:
+            out["image_u"], _ = random_crops(out["image_u"], None, size, 0.0, state.generator)
+    return out
 
 
 def set_train_modes(state: TrainState, teacher_train: bool = True) -> None:

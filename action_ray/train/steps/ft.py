@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from action_ray.config import Config
-from action_ray.losses import ClassKeyBank, anatomical_contrast_loss, pseudo_label_loss, supervised_loss
+from action_ray.losses import (
+    ClassKeyBank,
+    anatomical_contrast_loss,
+    pseudo_label_loss,
+    sigmoid_rampup,
+    supervised_loss,
+)
 from action_ray.losses.sampling import uniform_from_masks
 from action_ray.model import ema_buffers_, ema_update_
 from action_ray.train.state import TrainState
@@ -29,6 +35,7 @@ from action_ray.train.steps.common import (
     labels_on_device,
     set_train_modes,
 )
+from action_ray.train.steps.diagnostics import is_report_step, pseudo_label_summary, record
 from action_ray.train.steps.representation import sparse_grad_representation
 
 
@@ -91,6 +98,16 @@ def _negative_keys(state: TrainState) -> ClassKeyBank | None:
     return None if bank is None else ClassKeyBank(bank.keys.clone(), bank.filled.clone())
 
 
+def pseudo_label_weight(step: int, config: Config) -> float:
+    """w_u(t) = ft.unsup_weight · exp(−5 (1 − t/ramp)²), ramp = ft.unsup_rampup × FT iterations.
+
+    Published: no ramp (``unsup_rampup=0``), the full weight from step 1. A ramp keeps the
+    first, least reliable pseudo-labels of a weak teacher from outweighing the labels.
+    """
+    ramp = config.ft.unsup_rampup * config.stage("ft").iterations
+    return config.ft.unsup_weight * sigmoid_rampup(step, ramp)
+
+
 def ft_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
     """One FT iteration on ``{"image_l": (B_l, 1, *S), "label_l": (B_l, *S), "image_u": (B_u, 1, *S)}``.
 
@@ -105,28 +122,34 @@ def ft_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -
     x_u = images_on_device(state, batch["image_u"])
     x_l, y_l = state.weak_augment(x_l, y_l, state.generator)
     pseudo, confidence = pseudo_labels(state, x_u, config)
+    if is_report_step(state.step, config.train.report_every, config.stage("ft").iterations):
+        record(state.extras, pseudo_label_summary(pseudo, confidence, ft.strong_threshold, num_classes))
     x_mix, y_mix, c_mix = state.strong_augment(x_u, pseudo, confidence, state.generator)
     with state.autocast():
         out_l = calls.student(x_l)
         out_u = calls.student(x_mix)
-        features = [torch.cat(pair) for pair in zip(out_l.features, out_u.features)]
-        # (B_l + B_u, D, *S); backward only at the <= C·M query pixels L_anco draws
-        rep = sparse_grad_representation(
-            model.representation_head, features, x_l.shape[2:], num_classes * ft.num_queries
-        )
         sup = supervised_loss(out_l.logits, y_l)
         unsup = pseudo_label_loss(out_u.logits, y_mix, c_mix, ft.strong_threshold)
         labels = torch.cat([y_l, y_mix])
-        labelled_conf = torch.ones(y_l.shape, dtype=c_mix.dtype, device=c_mix.device)
-        onehot, valid = contrast_inputs(
-            labels, torch.cat([labelled_conf, c_mix]), x_l.shape[0], num_classes, ft.weak_threshold
-        )
-        probs = torch.softmax(torch.cat([out_l.logits, out_u.logits]).detach().float(), dim=1)
-        anco = anatomical_contrast_loss(
-            rep, onehot, valid, probs, ft.strong_threshold, ft.anco_temperature, ft.num_queries,
-            ft.num_negatives, state.generator, negative_keys=_negative_keys(state),
-        )
-        loss = sup + ft.unsup_weight * unsup + ft.anco_weight * anco
+        rep = valid = None
+        if ft.anco_weight > 0:
+            features = [torch.cat(pair) for pair in zip(out_l.features, out_u.features)]
+            # (B_l + B_u, D, *S); backward only at the <= C·M query pixels L_anco draws
+            rep = sparse_grad_representation(
+                model.representation_head, features, x_l.shape[2:], num_classes * ft.num_queries
+            )
+            labelled_conf = torch.ones(y_l.shape, dtype=c_mix.dtype, device=c_mix.device)
+            onehot, valid = contrast_inputs(
+                labels, torch.cat([labelled_conf, c_mix]), x_l.shape[0], num_classes, ft.weak_threshold
+            )
+            probs = torch.softmax(torch.cat([out_l.logits, out_u.logits]).detach().float(), dim=1)
+            anco = anatomical_contrast_loss(
+                rep, onehot, valid, probs, ft.strong_threshold, ft.anco_temperature, ft.num_queries,
+                ft.num_negatives, state.generator, negative_keys=_negative_keys(state),
+            )
+        else:  # the "without L_anco" ablation: no representation head, no pixel sampling
+            anco = torch.zeros((), device=sup.device)
+        loss = sup + pseudo_label_weight(state.step, config) * unsup + ft.anco_weight * anco
     if ft.ema_steps_per_iter == 2:
         with torch.no_grad(), state.autocast():
             calls.student(x_u)  # published side effect: student BN statistics on the clean batch
@@ -135,7 +158,7 @@ def ft_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -
     ema_update_(model.teacher, model.student, config.ema_momentum)
     if ft.teacher_eval:  # an eval-mode teacher never refreshes its own BN statistics
         ema_buffers_(model.teacher, model.student, config.ema_momentum)
-    if state.pixel_bank is not None:
+    if state.pixel_bank is not None and rep is not None:
         state.pixel_bank.enqueue(*sample_bank_pixels(rep, labels, valid, num_classes, ft.num_queries, state.generator))
     confident = (c_mix >= ft.strong_threshold).float().mean()
     return detached({

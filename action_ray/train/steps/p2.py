@@ -15,6 +15,7 @@ from action_ray.train.steps.common import (
     mask_unlabelled,
     set_train_modes,
 )
+from action_ray.train.steps.diagnostics import gradient_alignment, is_report_step, record
 from action_ray.train.steps.pretrain import global_branch, local_branch, teacher_forward, views
 
 
@@ -25,6 +26,8 @@ def p2_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -
     batch. The labelled part is selected by masking the other images' labels (ignored by the
     loss) instead of slicing, so no tensor value is read on the host. Order as `p1_step`, with
     full student/teacher forwards and both banks enqueued after the losses.
+    On report steps the weighted global and local gradients are compared with the supervised
+    one on the student encoder and decoder (``steps.diagnostics``).
     Returns ``{"loss", "supervised", "global", "local"}`` (detached).
     """
     model, calls, d = state.model, state.forwards, config.distill
@@ -40,6 +43,13 @@ def p2_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -
         local_loss, teacher_patches = local_branch(state, student.logits, teacher_logits, config)
         sup = supervised_loss(student.logits, target)
         loss = sup + d.global_weight * global_loss + d.local_weight * local_loss
+    if is_report_step(state.step, config.train.report_every, config.stage("p2").iterations):
+        student_net = model.student
+        record(state.extras, gradient_alignment(
+            {"supervised": sup, "global": d.global_weight * global_loss, "local": d.local_weight * local_loss},
+            "supervised",
+            {"encoder": student_net.encoder.parameters(), "decoder": student_net.decoder.parameters()},
+        ))
     state.global_bank.enqueue(teacher_keys)
     state.local_bank.enqueue(local_bank_entries(teacher_patches, d.local_layout))
     apply_update(state, loss)
