@@ -148,7 +148,7 @@ def test_dump_never_writes_credentials(tmp_path):
     assert cfg.data.storage_options["secret"] == "s3cr3t"  # the live object keeps them
 
 
-@pytest.mark.parametrize("name", ["cpu-demo", "acdc-2d", "la-3d"])
+@pytest.mark.parametrize("name", ["cpu-demo", "cpu-quality", "acdc-2d", "la-3d"])
 def test_presets_load_and_validate(name):
     assert name in preset_names()
     cfg = load_config(name, [])

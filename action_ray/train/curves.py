@@ -26,7 +26,7 @@ def _keys(rows: Sequence[Mapping[str, Any]], prefix: str | None) -> list[str]:
         for key in row:
             if key in _NOT_LOSSES or key in seen:
                 continue
-            diagnostic = "/" in key or key.startswith("pseudo")
+            diagnostic = "/" in key or key == "pseudo_foreground"
             if prefix is None and not diagnostic:
                 seen.append(key)
             elif prefix is not None and key.startswith(prefix):
@@ -49,7 +49,8 @@ def plot_curves(metrics: Sequence[Mapping[str, Any]], validation: Sequence[Mappi
         panels.append((f"{stage}: losses", rows, _keys(rows, None), "linear"))
         for prefix, what, scale in (("grad_ratio/", "|∇L_aux| / |∇L_sup|", "log"),
                                     ("grad_cos/", "cos(∇L_aux, ∇L_sup)", "linear"),
-                                    ("pseudo_", "pseudo-labels (fraction)", "linear")):
+                                    ("pseudo_f", "pseudo-label share per class", "linear"),
+                                    ("pseudo_confident/", "confident share per pseudo-class", "linear")):
             keys = _keys(rows, prefix)
             if keys:
                 panels.append((f"{stage}: {what}", rows, keys, scale))
