@@ -41,15 +41,13 @@ SMOKE_ARMS = ("{grid_search: [{method: supervised, data.labelled_patients: 1}, "
               "{method: action, data.labelled_patients: 1}, {method: supervised, data.label_ratio: 0.25}, "
               "{method: action, data.label_ratio: 0.25}]}")
 
-#: What each part of ACTION contributes (1 and 3 labelled patients, 3 draws), beside the control
-#: of a supervised run with ACTION's labelled exposure (P2 + FT steps of supervised training).
+#: What each part of ACTION contributes at 1 labelled patient (3 draws), beside the control of a
+#: supervised run with ACTION's labelled exposure (P2 + FT steps of supervised training). Other
+#: label amounts: pass ``space.arm=...`` with the same entries and another labelled_patients.
 ABLATION_ARMS = ("{grid_search: ["
                  "{method: action_ft_only, data.labelled_patients: 1}, "
                  "{method: action, ft.anco_weight: 0, data.labelled_patients: 1}, "
-                 "{method: supervised, schedule.ft.iterations: 2100, data.labelled_patients: 1}, "
-                 "{method: action_ft_only, data.labelled_patients: 3}, "
-                 "{method: action, ft.anco_weight: 0, data.labelled_patients: 3}, "
-                 "{method: supervised, schedule.ft.iterations: 2100, data.labelled_patients: 3}]}")
+                 "{method: supervised, schedule.ft.iterations: 2100, data.labelled_patients: 1}]}")
 
 PROFILES: dict[str, QualityProfile] = {
     "smoke": QualityProfile(16, 128, "tune-quality-quick", (
