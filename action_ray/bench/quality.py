@@ -43,7 +43,7 @@ SMOKE_ARMS = ("{grid_search: [{method: supervised, data.labelled_patients: 1}, "
 
 #: What each part of ACTION contributes at 1 labelled patient (3 draws), beside the control of a
 #: supervised run with ACTION's labelled exposure (P2 + FT steps of supervised training). Other
-#: label amounts: pass ``space.arm=...`` with the same entries and another labelled_patients.
+#: label amounts: pass ``space.setting=...`` with the same entries and another labelled_patients.
 ABLATION_ARMS = ("{grid_search: ["
                  "{method: action_ft_only, data.labelled_patients: 1}, "
                  "{method: action, ft.anco_weight: 0, data.labelled_patients: 1}, "
@@ -51,11 +51,11 @@ ABLATION_ARMS = ("{grid_search: ["
 
 PROFILES: dict[str, QualityProfile] = {
     "smoke": QualityProfile(16, 128, "tune-quality-quick", (
-        f"space.arm={SMOKE_ARMS}", "space.draw={train.seed: 0, data.split_seed: 0}",
+        f"space.setting={SMOKE_ARMS}", "space.draw={train.seed: 0, data.split_seed: 0}",
         "schedule.p1.iterations=20", "schedule.p2.iterations=20", "schedule.ft.iterations=40",
         "train.report_every=20", "train.checkpoint_every=40")),
     "quick": QualityProfile(57, 128, "tune-quality-quick"),
-    "ablation": QualityProfile(57, 128, "tune-quality-quick", (f"space.arm={ABLATION_ARMS}",)),
+    "ablation": QualityProfile(57, 128, "tune-quality-quick", (f"space.setting={ABLATION_ARMS}",)),
     "full": QualityProfile(100, 256, "tune-quality-full"),
 }
 
