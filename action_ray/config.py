@@ -465,10 +465,13 @@ class Config(_Section):
         elif self.model.dims != self.data.dims:
             raise ValueError(f"model.dims={self.model.dims} differs from data.dims={self.data.dims}")
         sides = self.data.patch_size if self.data.dims == 3 else (self.data.train_side,)
-        if self.model.cut_size > min(sides):
+        if self.model.cut_size > min(sides) or (self.data.dims == 2 and self.model.cut_size >= min(sides)):
+            # 2-D windows start at range(0, side - cut, stride) (published rule): cut must be smaller
             raise ValueError(
-                f"model.cut_size={self.model.cut_size} is larger than the training "
-                f"{'patch' if self.data.dims == 3 else 'slice'} side {min(sides)}"
+                f"model.cut_size={self.model.cut_size} leaves no local window in the training "
+                f"{'patch' if self.data.dims == 3 else 'input'} side {min(sides)}; "
+                + ("use a smaller model.cut_size" if self.data.dims == 3 else
+                   "the 2-D cut must be smaller than data.crop_size (or data.slice_size without crops)")
             )
         if self.data.dims == 2 and self.eval.window is not None:
             raise ValueError("eval.window is the 3-D sliding window; 2-D evaluation goes slice by slice")

@@ -18,7 +18,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 BIN = os.path.dirname(sys.executable)
-SHRINK = ["data.slice_size=32", "data.crop_size=16", "data.labelled_patients=1", "model.cut_size=16", "model.cut_stride=8", "model.local_pooling=4",
+SHRINK = ["data.slice_size=32", "data.crop_size=32", "data.labelled_patients=1", "model.cut_size=16", "model.cut_stride=8", "model.local_pooling=4",
           "ft.num_queries=16", "ft.num_negatives=32", "train.collective_timeout_s=60"]
 
 
