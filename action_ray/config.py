@@ -465,7 +465,9 @@ class Config(_Section):
         elif self.model.dims != self.data.dims:
             raise ValueError(f"model.dims={self.model.dims} differs from data.dims={self.data.dims}")
         sides = self.data.patch_size if self.data.dims == 3 else (self.data.train_side,)
-        if self.model.cut_size > min(sides) or (self.data.dims == 2 and self.model.cut_size >= min(sides)):
+        local_branch = "p2" in stages
+        if local_branch and (self.model.cut_size > min(sides)
+                             or (self.data.dims == 2 and self.model.cut_size >= min(sides))):
             # 2-D windows start at range(0, side - cut, stride) (published rule): cut must be smaller
             raise ValueError(
                 f"model.cut_size={self.model.cut_size} leaves no local window in the training "
