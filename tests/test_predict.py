@@ -66,7 +66,8 @@ def scan_store(tmp_path_factory):
     store.write_case(CaseMeta("scan", "p1", "test", loaded.spacing, loaded.affine, {"image": str(image_path)}),
                      loaded.image, loaded.label)
     run_dir = root / "run"
-    save_run(run_dir, tiny_config(store.url, **{"data.slice_size": "16"}))
+    save_run(run_dir, tiny_config(store.url, **{"data.slice_size": "16", "model.cut_size": "8",
+                                                "model.cut_stride": "4", "model.local_pooling": "2"}))
     return image_path, store, run_dir
 
 
