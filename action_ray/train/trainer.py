@@ -23,7 +23,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from action_ray.config import STAGE_ORDER, Config
 from action_ray.errors import ActionRayError, ConfigError
@@ -262,6 +262,40 @@ def best_summary(run_dir: str) -> dict[str, Any]:
     return {"best_checkpoint": best.checkpoint, "best_val_dice": best.val_dice, "best_ft_step": best.ft_step}
 
 
+def check_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Load the checkpoint at ``url`` (local or remote) once on the driver, before Ray starts.
+
+    ``load_checkpoint`` never unpickles objects, so a crafted or corrupt file is refused here
+    with a one-line :class:`ConfigError` naming it, instead of failing in every worker attempt.
+    """
+    import tempfile
+
+    from action_ray.train.checkpoint import download_directory, load_checkpoint
+
+    if not is_remote(url):
+        load_checkpoint(url)
+        return
+    with tempfile.TemporaryDirectory(prefix="action-ray-check-") as tmp:
+        load_checkpoint(download_directory(url, tmp, storage_options))
+
+
+def latest_ray_checkpoint(run_dir: str) -> str | None:
+    """The newest complete ``checkpoint_*`` folder Ray Train will resume from, if any.
+
+    Ray names them ``checkpoint_<timestamp>``, so the name order is the time order.
+    """
+    from action_ray.train.checkpoint import META_FILE
+
+    fs, root = filesystem_for(run_dir)
+    if not fs.exists(root):
+        return None
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    for name in reversed([n for n in names if n.startswith("checkpoint_")]):
+        if fs.exists(f"{root}/{name}/{META_FILE}"):
+            return f"{run_dir.rstrip('/')}/{name}"
+    return None
+
+
 def _write_run_curves(plan: RunPlan, log: Callable[[str], None]) -> None:
     """``curves.png`` from the run's reports and validations; a plotting failure only warns."""
     from action_ray.train.curves import write_curves
@@ -287,7 +321,13 @@ def run_training(
     ``callbacks``: Ray Train callbacks to attach instead of the default validation callback
     (:func:`validation_callbacks`); Tune sweeps pass their own, which also reports to Tune.
     """
+    if config.train.init_from:  # read on the driver first: a bad file fails here, before any write
+        check_checkpoint(config.train.init_from, config.data.storage_options)
     plan = plan_run(config)
+    if plan.resuming and not plan.complete:
+        latest = latest_ray_checkpoint(plan.run_dir)
+        if latest is not None:
+            check_checkpoint(latest, config.data.storage_options)
     if plan.complete:
         result = read_result(plan.run_dir) or {}
         log(f"run {plan.name} is already complete ({redact(plan.run_dir)}); nothing to do")
