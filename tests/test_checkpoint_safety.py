@@ -148,3 +148,32 @@ def test_format_1_checkpoints_are_refused_with_the_way_to_convert(run_with_store
     assert converted.step == 7 and isinstance(converted.rank_rng[0]["numpy"]["keys"], torch.Tensor)
     with pytest.raises(ConfigError, match="not a format-1 checkpoint"):
         convert_checkpoint(str(target), str(tmp_path / "again"))
+
+
+def test_impossible_runs_fail_before_ray_and_write_nothing(run_with_store, tmp_path, capsys):
+    """ACTION on a store whose train patients are all labelled: one line, exit 2, no run folder."""
+    import time
+
+    store, _, _ = run_with_store
+    storage = tmp_path / "runs"
+    base = ["train", "--config", "cpu-demo", f"data.store={store.url}", "data.slice_size=32",
+            f"train.storage_path={storage}", "data.label_ratio=1.0"]
+    started = time.perf_counter()
+    assert main([*base, "method=action"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trains on unlabelled patients" in err[0] and "method=supervised" in err[0]
+    assert main([*base, "method=supervised", "model.num_classes=2"]) == 2
+    assert "fewer than the store's 4 classes" in capsys.readouterr().err
+    assert time.perf_counter() - started < 5 and not storage.exists()
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(run_with_store, tmp_path, capsys):
+    store, _, _ = run_with_store
+    storage = tmp_path / "runs"
+    assert main(["train", "--config", "cpu-demo", f"data.store={store.url}", "data.slice_size=32",
+                 f"train.storage_path={storage}", "train.run_name=plan", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    plan = json.loads(out[out.rindex("\n{") + 1:])
+    assert plan["run_name"] == "plan" and plan["stages"] == {"p1": 100, "p2": 100, "ft": 100}
+    assert plan["labelled_cases"] == 1 and plan["unlabelled_cases"] == 1 and plan["num_classes"] == 4
+    assert not storage.exists()
