@@ -27,7 +27,8 @@ PUBLIC_OPTION_NAMES = frozenset(
      "default_block_size", "default_cache_type", "default_fill_cache", "version_aware",
      "cache_regions", "max_pool_connections", "connect_timeout", "read_timeout", "signature_version",
      "addressing_style", "retries", "max_attempts", "mode", "client_kwargs", "config_kwargs",
-     "s3_additional_kwargs", "s3", "use_listings_cache", "listings_expiry_time", "skip_instance_cache"}
+     "s3_additional_kwargs", "s3", "use_listings_cache", "listings_expiry_time", "skip_instance_cache",
+     "profile", "cache_type", "block_size"}
 )
 #: Environment variable names whose values are treated as secrets in free text.
 SECRET_ENV_PATTERN = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
