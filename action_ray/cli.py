@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("action_ray.evaluate_command", "per-case Dice/Jaccard/HD95/ASD of a trained run"),
     "predict": ("action_ray.predict_command", "write NIfTI label maps from a checkpoint"),
     "bench": ("action_ray.bench.command", "benchmarks that print ratios measured side by side"),
+    "convert-checkpoint": ("action_ray.train.convert_command",
+                           "rewrite a trusted format-1 checkpoint so that it loads without unpickling"),
     "demo": ("action_ray.demo", "synth -> ingest -> train -> evaluate on phantoms, end to end"),
 }
 

@@ -32,7 +32,7 @@ from importlib import resources
 from typing import Any, Literal, Mapping, Sequence, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from action_ray.errors import ConfigError
 from action_ray.urls import filesystem_for, is_remote, redact
@@ -73,10 +73,57 @@ EXCLUSIVE_PAIRS: tuple[tuple[str, str], ...] = (
 )
 
 
+#: Characters allowed in a user-given name that becomes one path component (run, sweep).
+SAFE_NAME_CHARACTERS = "letters, digits, '.', '_' and '-'"
+
+
+def check_path_name(value: str | None, key: str) -> str | None:
+    """A name that becomes one folder: no separators, no ``..``, not absolute, not hidden.
+
+    Why: ``train.run_name=../../x`` would put a run directory outside ``train.storage_path``.
+    """
+    import re
+
+    if value is None:
+        return value
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", value) or ".." in value or len(value) > 200:
+        raise ValueError(
+            f"{key}={value!r} must be one folder name of {SAFE_NAME_CHARACTERS}, starting with a letter, "
+            "digit or '_' (no '/', no '..', at most 200 characters)"
+        )
+    return value
+
+
+def _plain_types(annotation: Any) -> set[type]:
+    """The scalar types a field annotation admits (``int | None`` -> {int, NoneType})."""
+    args = get_args(annotation)
+    if get_origin(annotation) is not None and args and get_origin(annotation) not in (list, tuple, dict, Literal):
+        return {t for a in args for t in _plain_types(a)}
+    return {annotation} if isinstance(annotation, type) else set()
+
+
 class _Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are re-validated."""
+    """Base of every config section: unknown keys are errors, assignments are re-validated, and
+    booleans and numbers do not stand in for each other (``num_workers: true`` is an error,
+    not 1; ``deterministic: 1`` is an error, not true)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_number_mixups(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        for name, value in values.items():
+            field = cls.model_fields.get(name)
+            if field is None or value is None:
+                continue
+            types = _plain_types(field.annotation)
+            if isinstance(value, bool) and types and bool not in types and types & {int, float}:
+                raise ValueError(f"{name}: {value!r} is a boolean, but {name} takes a number")
+            if bool in types and not isinstance(value, bool) and not types - {bool, type(None)}:
+                raise ValueError(f"{name}: {value!r} is not a boolean; write true or false")
+        return values
 
 
 def _one_of(values: Any, section: str, first: str, second: str, default_first: Any) -> Any:
@@ -384,6 +431,11 @@ class TrainConfig(_Section):
     resume: bool = Field(False, description="continue the run with this name if it exists")
     init_from: str | None = Field(None, description="checkpoint of the previous stage to start from")
 
+    @field_validator("run_name")
+    @classmethod
+    def _safe_run_name(cls, value: str | None) -> str | None:
+        return check_path_name(value, "train.run_name")
+
     @model_validator(mode="after")
     def _devices(self) -> "TrainConfig":
         if self.backend == "nccl" and not self.use_gpu:
@@ -580,7 +632,7 @@ def _read_source(path: str) -> tuple[dict[str, Any], str]:
         text = resources.files("action_ray.configs").joinpath(f"{name}.yaml").read_text()
         origin = f"preset {name}"
     try:
-        loaded = yaml.safe_load(text)
+        loaded = load_yaml(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin} is not valid YAML: {exc}") from exc
     if loaded is None:
@@ -588,6 +640,26 @@ def _read_source(path: str) -> tuple[dict[str, Any], str]:
     if not isinstance(loaded, dict):
         raise ConfigError(f"{origin} must hold a mapping of sections, got {type(loaded).__name__}")
     return loaded, origin
+
+
+class StrictBoolLoader(yaml.SafeLoader):
+    """YAML without the 1.1 booleans: only ``true``/``false`` are booleans; ``yes``, ``no``,
+    ``on``, ``off`` stay strings (so a boolean key given ``yes`` is an error, not a guess)."""
+
+
+StrictBoolLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+StrictBoolLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with strict booleans (:class:`StrictBoolLoader`)."""
+    return yaml.load(text, Loader=StrictBoolLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -599,7 +671,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not all(parts):
         raise ConfigError(f"override {text!r} has an empty key part")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {key}: value {raw!r} is not a YAML scalar or list ({exc})") from exc
     return parts, value
@@ -734,8 +806,17 @@ def _explain(exc: ValidationError, origin: str, override_keys: set[str]) -> str:
         if err["type"] == "extra_forbidden":
             lines.append(f"unknown config key '{key}'{_source(key, origin, override_keys)}: {_suggest(loc)}")
         elif not key or (err["type"] == "value_error" and isinstance(err.get("input"), dict)):
-            # a check across keys: the message already names them
-            mentioned = next((k for k in override_keys if k in message), "")
+            # a check across keys (the message names them), or one key checked by its section
+            # ("num_workers: ..."), which is named in full here
+            import re
+
+            field = re.match(r"(\w+): ", message)
+            if key and field:
+                dotted = f"{key}.{field.group(1)}"
+                message = dotted + message[len(field.group(1)):]
+                mentioned = dotted
+            else:
+                mentioned = next((k for k in override_keys if k in message), "")
             lines.append(f"{message}{_source(mentioned, origin, override_keys)}")
         else:
             lines.append(

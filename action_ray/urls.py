@@ -19,11 +19,21 @@ import fsspec
 
 from action_ray.errors import ActionRayError
 
-#: Option names whose values must never be printed.
-SECRET_OPTION_NAMES = frozenset(
-    {"key", "secret", "token", "password", "aws_access_key_id", "aws_secret_access_key",
-     "aws_session_token", "session_token", "access_key", "secret_key"}
+#: Storage-option names whose values are shown as they are; every other value is masked. An
+#: allow-list, not a deny-list: a secret under a name nobody listed (``SSECustomerKey``,
+#: ``sse_customer_key``, a provider's own token field) must not reach a log or a file.
+PUBLIC_OPTION_NAMES = frozenset(
+    {"endpoint_url", "region_name", "region", "anon", "use_ssl", "verify", "requester_pays",
+     "default_block_size", "default_cache_type", "default_fill_cache", "version_aware",
+     "cache_regions", "max_pool_connections", "connect_timeout", "read_timeout", "signature_version",
+     "addressing_style", "retries", "max_attempts", "mode", "client_kwargs", "config_kwargs",
+     "s3_additional_kwargs", "s3", "use_listings_cache", "listings_expiry_time", "skip_instance_cache",
+     "profile", "cache_type", "block_size"}
 )
+#: Environment variable names whose values are treated as secrets in free text.
+SECRET_ENV_PATTERN = re.compile(r"(KEY|SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|AUTH)", re.IGNORECASE)
+#: Shorter values are not masked in free text (they would mask ordinary words and numbers).
+MIN_SECRET_LENGTH = 6
 
 
 def is_remote(url: str) -> bool:
@@ -84,26 +94,51 @@ def filesystem_for(url: str, storage_options: Mapping[str, Any] | None = None):
     return fs, path
 
 
-def redact(value: Any) -> Any:
-    """Return ``value`` with credentials masked, for logs and error messages.
+def _secret_env_values() -> list[str]:
+    values = [value for name, value in os.environ.items()
+              if SECRET_ENV_PATTERN.search(name) and len(value) >= MIN_SECRET_LENGTH]
+    return sorted(set(values), key=len, reverse=True)  # longest first: no partial leftovers
 
-    Works on option dictionaries (secret keys replaced by ``'***'``), on URLs with user info
-    (``s3://KEY:SECRET@bucket`` → ``s3://***@bucket``), and on free text containing the values of
-    the AWS credential environment variables.
+
+def secret_option_values(options: Mapping[str, Any] | None) -> list[str]:
+    """Every string value of (possibly nested) storage options that is not under a public name:
+    what free text must not show when those options were given on the command line."""
+    found: list[str] = []
+    for key, value in (options or {}).items():
+        if isinstance(value, Mapping):
+            found += secret_option_values(value)
+        elif str(key).lower() not in PUBLIC_OPTION_NAMES and isinstance(value, str) and len(value) >= 4:
+            found.append(value)
+    return found
+
+
+def redact(value: Any, extra_secrets: Iterable[str] = ()) -> Any:
+    """Return ``value`` with credentials masked, for logs, files and error messages.
+
+    * option dictionaries: every value is ``'***'`` except under the public names of
+      :data:`PUBLIC_OPTION_NAMES` (nested dictionaries such as ``client_kwargs`` follow the same
+      rule);
+    * URLs with user info: ``s3://KEY:SECRET@bucket`` → ``s3://***@bucket``;
+    * free text: the values of environment variables whose names look like credentials
+      (``AWS_SECRET_ACCESS_KEY``, ``*_TOKEN``, ``*_PASSWORD``, …) are masked wherever they appear.
     """
     if isinstance(value, Mapping):
-        return {
-            k: ("***" if str(k).lower() in SECRET_OPTION_NAMES else redact(v)) for k, v in value.items()
-        }
+        out = {}
+        for key, item in value.items():
+            if str(key).lower() not in PUBLIC_OPTION_NAMES:
+                out[key] = "***"
+            elif isinstance(item, (Mapping, list, tuple)):
+                out[key] = redact(item, extra_secrets)
+            else:
+                out[key] = redact(item, extra_secrets) if isinstance(item, str) else item
+        return out
     if isinstance(value, (list, tuple)):
-        return type(value)(redact(v) for v in value)
+        return type(value)(redact(v, extra_secrets) for v in value)
     if not isinstance(value, str):
         return value
     text = re.sub(r"(?<=://)[^/@\s]+@", "***@", value)
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
-        secret = os.environ.get(var)
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "***")
+    for secret in sorted({*_secret_env_values(), *extra_secrets}, key=len, reverse=True):
+        text = text.replace(secret, "***")
     return text
 
 

@@ -225,3 +225,39 @@ def test_head_sizes_match_the_model_packages_names():
     demo = load_config("cpu-demo", [])
     assert HeadSizes(**demo.model.head_sizes()) == MODEL_PRESETS["cpu"].heads(2)
     assert MODEL_PRESETS[demo.model.preset_or_widths].widths == (8, 16, 32, 64, 128)
+
+
+@pytest.mark.parametrize("name", ["../../x", "/abs", "a/b", "..", ".hidden", "a b", "x" * 201, ""])
+def test_names_that_become_paths_are_confined(name):
+    with pytest.raises(ConfigError, match="train.run_name=.*letters, digits"):
+        load_config("cpu-demo", [f"train.run_name={name!r}" if name else "train.run_name=''"])
+
+
+def test_safe_names_pass_and_tune_names_are_checked_too():
+    assert load_config("cpu-demo", ["train.run_name=action-1.v2_x"]).train.run_name == "action-1.v2_x"
+    from action_ray.tuning.space import load_sweep
+
+    with pytest.raises(ConfigError, match="tune.name"):
+        load_sweep("tune-cpu", ["tune.name=../escape"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.num_workers=true", "train.num_workers: True is a boolean, but num_workers takes a number (from an override)"),
+    ("data.crop_foreground_p=false", "data.crop_foreground_p: False is a boolean"),
+    ("train.deterministic=1", "train.deterministic: 1 is not a boolean; write true or false (from an override)"),
+    ("train.deterministic=yes", "train.deterministic: 'yes' is not a boolean"),
+    ("ft.geo_aug=off", "ft.geo_aug: 'off' is not a boolean"),
+])
+def test_booleans_and_numbers_do_not_stand_in_for_each_other(override, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config("cpu-demo", [override])
+    assert message in str(caught.value) and "in preset" not in str(caught.value)
+
+
+def test_strict_types_keep_the_ordinary_values_and_blame_the_file(tmp_path):
+    config = load_config("cpu-demo", ["train.deterministic=true", "ft.unsup_weight=1", "train.run_name=on"])
+    assert config.train.deterministic is True and config.ft.unsup_weight == 1.0 and config.train.run_name == "on"
+    path = tmp_path / "mine.yaml"
+    path.write_text("train:\n  use_gpu: no\n")
+    with pytest.raises(ConfigError, match=f"train.use_gpu: 'no' is not a boolean.*in {path}"):
+        load_config(str(path))

@@ -275,3 +275,24 @@ def test_run_training_keeps_the_best_validated_checkpoint_across_a_resume(ray_cl
         evaluated = json.load(handle)
     assert evaluated["step"] == winner["ft_step"] and evaluated["split"] == "test"
 
+
+
+def test_a_failing_validation_is_logged_recorded_and_skipped(tmp_path):
+    from action_ray.train.validation import CheckpointValidator, read_validation_log
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    validator = CheckpointValidator(str(run_dir), str(tmp_path / "no-such-store.zarr"))
+    lines: list[str] = []
+    assert validator.try_validate(300, str(tmp_path / "ckpt"), log=lines.append) is None
+    assert len(lines) == 1 and "[validation ft 300] failed" in lines[0] and "training continues" in lines[0]
+    rows = read_validation_log(str(run_dir))
+    assert [r["ft_step"] for r in rows] == [300] and "error" in rows[0]
+
+
+def test_a_retried_step_replaces_its_validation_row(tmp_path):
+    from action_ray.train.validation import append_validation_row, read_validation_log
+
+    for step, dice in ((100, 0.1), (200, 0.2), (200, 0.25), (100, 0.15)):  # a retry repeats 100, 200
+        append_validation_row(str(tmp_path), {"ft_step": step, "val_dice": dice})
+    assert [(r["ft_step"], r["val_dice"]) for r in read_validation_log(str(tmp_path))] == [(100, 0.15), (200, 0.25)]

@@ -18,7 +18,7 @@ import sys
 
 from action_ray.errors import ActionRayError
 from action_ray.ingest.layouts import LAYOUTS
-from action_ray.urls import SECRET_OPTION_NAMES, redact
+from action_ray.urls import redact, secret_option_values
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -47,18 +47,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def mask_secrets(text: str, storage_options: dict) -> str:
     """``redact`` plus the secret values given as ``--storage-option`` (not in the environment)."""
-    for key, value in _flatten(storage_options):
-        if key.lower() in SECRET_OPTION_NAMES and isinstance(value, str) and len(value) >= 4:
-            text = text.replace(value, "***")
-    return redact(text)
+    return redact(text, secret_option_values(storage_options))
 
-
-def _flatten(options: dict):
-    for key, value in options.items():
-        if isinstance(value, dict):
-            yield from _flatten(value)
-        else:
-            yield str(key), value
 
 
 def run(args: argparse.Namespace) -> int:

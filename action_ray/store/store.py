@@ -33,21 +33,15 @@ from action_ray.store.schema import (
     validate_meta,
 )
 from action_ray.urls import (
-    SECRET_OPTION_NAMES, filesystem_for, is_remote, redact, storage_advice, storage_options_from_env,
+    filesystem_for, is_remote, redact, secret_option_values, storage_advice, storage_options_from_env,
 )
 
 _ZARR_JSON = "zarr.json"
 
 
 def _secret_values(options: Mapping[str, Any] | None) -> list[str]:
-    """Every credential value inside (possibly nested) storage options."""
-    found: list[str] = []
-    for key, value in (options or {}).items():
-        if isinstance(value, Mapping):
-            found += _secret_values(value)
-        elif str(key).lower() in SECRET_OPTION_NAMES and isinstance(value, str) and value:
-            found.append(value)
-    return found
+    """Every credential value inside (possibly nested) storage options (allow-list rule)."""
+    return secret_option_values(options)
 
 
 class VolumeStore:

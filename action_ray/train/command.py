@@ -20,6 +20,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue the run with this name (train.run_name or the config hash) if it exists")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config, store, split and checkpoints and print the plan; no Ray, no files")
     parser.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
                         help=argparse.SUPPRESS)  # testing aid: simulate a crash after N steps
 
@@ -33,6 +35,6 @@ def run(args: argparse.Namespace) -> int:
         config.train.resume = True
     print(config.pretty(), flush=True)
     summary = run_training(config, stop_after_steps=args.stop_after_steps,
-                           log=lambda line: print(line, flush=True))
+                           log=lambda line: print(line, flush=True), dry_run=args.dry_run)
     print(json.dumps(summary, indent=2), flush=True)
     return 0

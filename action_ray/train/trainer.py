@@ -23,7 +23,7 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from action_ray.config import STAGE_ORDER, Config
 from action_ray.errors import ActionRayError, ConfigError
@@ -144,11 +144,39 @@ def _write_text(fs, path: str, text: str) -> None:
         handle.write(text)
 
 
-def plan_run(config: Config) -> RunPlan:
+def check_run_needs(config: Config, split: Any, store: Any, num_classes: int) -> None:
+    """What the configured stages need from the store, checked from its index before Ray starts.
+
+    Raises a one-line :class:`ConfigError` saying what to change: unlabelled train patients for
+    pre-training and the semi-supervised methods, enough classes in the model for the store's
+    labels. (The labelled patients for the ratio are checked by the split itself.)
+    """
+    stages = list(config.stages or [])
+    d = config.data
+    needs_unlabelled = (config.method in ("mean_teacher", "action", "action_ft_only") and "ft" in stages) or (
+        any(s in stages for s in ("p1", "p2")) and d.pretrain_unlabelled_batch > 0)
+    if needs_unlabelled and not split.unlabelled_cases:
+        raise ConfigError(
+            f"method={config.method} (stages {', '.join(stages)}) trains on unlabelled patients, but all "
+            f"{len(split.labelled_patients)} train patients of the store are labelled by this split; lower "
+            "data.label_ratio / data.labelled_patients, ingest unlabelled scans, or use method=supervised"
+        )
+    store_classes = max(store.classes) + 1
+    if num_classes < store_classes:
+        raise ConfigError(
+            f"model.num_classes={num_classes} is fewer than the store's {store_classes} classes "
+            f"({', '.join(f'{k}={v}' for k, v in sorted(store.classes.items()))}); remove model.num_classes "
+            "to take them from the store"
+        )
+
+
+def plan_run(config: Config, write: bool = True) -> RunPlan:
     """Resolve the run directory; check ``--resume`` against what is there; record config and split.
 
     A fresh run refuses an existing directory (it would silently resume, ray-notes §1); a
-    resumed run must have the same config hash and reuses the recorded label split.
+    resumed run must have the same config hash and reuses the recorded label split. Every check
+    (`check_run_needs`) comes before the first write; ``write=False`` (``--dry-run``) writes
+    nothing at all.
     """
     from action_ray.data.splits import LabelSplit, label_split
     from action_ray.store import open_store
@@ -187,9 +215,11 @@ def plan_run(config: Config) -> RunPlan:
     else:
         split = label_split(store, label_ratio=config.data.label_ratio,
                             num_labelled_patients=config.data.labelled_patients, seed=config.data.split_seed)
-    fs.makedirs(root, exist_ok=True)
-    config.dump(f"{run_dir}/config.yaml")
-    _write_text(fs, f"{root}/label_split.json", split.to_json())
+    check_run_needs(config, split, store, num_classes)
+    if write:
+        fs.makedirs(root, exist_ok=True)
+        config.dump(f"{run_dir}/config.yaml")
+        _write_text(fs, f"{root}/label_split.json", split.to_json())
     complete = fs.exists(f"{root}/result.json")
     return RunPlan(name, run_dir, split.to_json(), num_classes, saved_config is not None, complete)
 
@@ -262,6 +292,40 @@ def best_summary(run_dir: str) -> dict[str, Any]:
     return {"best_checkpoint": best.checkpoint, "best_val_dice": best.val_dice, "best_ft_step": best.ft_step}
 
 
+def check_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+    """Load the checkpoint at ``url`` (local or remote) once on the driver, before Ray starts.
+
+    ``load_checkpoint`` never unpickles objects, so a crafted or corrupt file is refused here
+    with a one-line :class:`ConfigError` naming it, instead of failing in every worker attempt.
+    """
+    import tempfile
+
+    from action_ray.train.checkpoint import download_directory, load_checkpoint
+
+    if not is_remote(url):
+        load_checkpoint(url)
+        return
+    with tempfile.TemporaryDirectory(prefix="action-ray-check-") as tmp:
+        load_checkpoint(download_directory(url, tmp, storage_options))
+
+
+def latest_ray_checkpoint(run_dir: str) -> str | None:
+    """The newest complete ``checkpoint_*`` folder Ray Train will resume from, if any.
+
+    Ray names them ``checkpoint_<timestamp>``, so the name order is the time order.
+    """
+    from action_ray.train.checkpoint import META_FILE
+
+    fs, root = filesystem_for(run_dir)
+    if not fs.exists(root):
+        return None
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
+    for name in reversed([n for n in names if n.startswith("checkpoint_")]):
+        if fs.exists(f"{root}/{name}/{META_FILE}"):
+            return f"{run_dir.rstrip('/')}/{name}"
+    return None
+
+
 def _write_run_curves(plan: RunPlan, log: Callable[[str], None]) -> None:
     """``curves.png`` from the run's reports and validations; a plotting failure only warns."""
     from action_ray.train.curves import write_curves
@@ -276,9 +340,27 @@ def _write_run_curves(plan: RunPlan, log: Callable[[str], None]) -> None:
     log(f"curves: {redact(where)}")
 
 
+def describe_plan(config: Config, plan: RunPlan) -> dict[str, Any]:
+    """What ``--dry-run`` prints: run directory, split, stages, steps and resources."""
+    from action_ray.data.splits import LabelSplit
+
+    split = LabelSplit.from_json(plan.split_json)
+    t = config.train
+    return {
+        "run_name": plan.name, "run_dir": redact(plan.run_dir), "resuming": plan.resuming, "complete": plan.complete,
+        "method": config.method, "stages": {s: config.stage(s).iterations for s in config.stages or []},
+        "labelled_patients": list(split.labelled_patients), "unlabelled_patients": len(split.unlabelled_patients),
+        "labelled_cases": len(split.labelled_cases), "unlabelled_cases": len(split.unlabelled_cases),
+        "num_classes": plan.num_classes,
+        "workers": t.num_workers, "cpus_per_worker": t.cpus_per_worker,
+        "gpus_per_worker": t.gpus_per_worker if t.use_gpu else 0,
+        "ray": redact(os.environ.get("RAY_ADDRESS", "")) or "a local Ray started for this run",
+    }
+
+
 def run_training(
     config: Config, *, stop_after_steps: int | None = None, log: Callable[[str], None] = print,
-    callbacks: Sequence[Any] | None = None,
+    callbacks: Sequence[Any] | None = None, dry_run: bool = False,
 ) -> dict[str, Any]:
     """Plan, fit and record one run; returns the summary also written to ``result.json``.
 
@@ -286,8 +368,18 @@ def run_training(
     final checkpoint, as if the job had died; the summary then has ``interrupted=True``.
     ``callbacks``: Ray Train callbacks to attach instead of the default validation callback
     (:func:`validation_callbacks`); Tune sweeps pass their own, which also reports to Tune.
+    ``dry_run``: make every check (store, split, stage needs, checkpoints), write nothing, start
+    no Ray, and return the plan (:func:`describe_plan`).
     """
-    plan = plan_run(config)
+    if config.train.init_from:  # read on the driver first: a bad file fails here, before any write
+        check_checkpoint(config.train.init_from, config.data.storage_options)
+    plan = plan_run(config, write=not dry_run)
+    if plan.resuming and not plan.complete:
+        latest = latest_ray_checkpoint(plan.run_dir)
+        if latest is not None:
+            check_checkpoint(latest, config.data.storage_options)
+    if dry_run:
+        return describe_plan(config, plan)
     if plan.complete:
         result = read_result(plan.run_dir) or {}
         log(f"run {plan.name} is already complete ({redact(plan.run_dir)}); nothing to do")

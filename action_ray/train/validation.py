@@ -43,7 +43,7 @@ import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from ray.train import UserCallback
 
@@ -276,24 +276,30 @@ def evaluate_checkpoint(run_dir: str, store: str, storage_options: Mapping[str, 
 
 
 def append_validation_row(run_dir: str, row: Mapping[str, Any]) -> None:
-    """Add one line to ``validation.jsonl`` (rewritten whole on object stores: no append there)."""
+    """Record one validation in ``validation.jsonl``, replacing an earlier row of the same FT step.
+
+    A worker group that Ray Train restarts from a checkpoint reports the steps after it again;
+    their validations then replace the first ones instead of appearing twice. The file is
+    rewritten whole through a temporary name (object stores have no append anyway).
+    """
     fs, root = filesystem_for(run_dir)
     path = _join(root, VALIDATION_LOG)
-    line = json.dumps(dict(row), sort_keys=True) + "\n"
+    rows = [r for r in read_validation_log(run_dir) if r.get("ft_step") != row.get("ft_step")]
+    rows.append(dict(row))
+    rows.sort(key=lambda r: int(r.get("ft_step", 0)))
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     if not is_remote(run_dir):
-        with open(path, "a") as handle:
-            handle.write(line)
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
         return
-    old = ""
-    if fs.exists(path):
-        with fs.open(path, "r") as handle:
-            old = handle.read()
     with fs.open(path, "w") as handle:
-        handle.write(old + line)
+        handle.write(text)
 
 
 def read_validation_log(run_dir: str) -> list[dict[str, Any]]:
-    """Every validation of this run, in order (after a worker retry a step can appear twice)."""
+    """Every validation of this run, one row per FT step in step order (failed ones carry ``error``)."""
     fs, root = filesystem_for(run_dir)
     path = _join(root, VALIDATION_LOG)
     if not fs.exists(path):
@@ -339,6 +345,21 @@ class CheckpointValidator:
         append_validation_row(self.run_dir, row)
         return row
 
+    def try_validate(self, ft_step: int, checkpoint: str, log: Callable[[str], None] = print) -> dict[str, Any] | None:
+        """`validate`, but a failure is logged, recorded as an ``error`` row and skipped: a broken
+        val case or a store hiccup must not stop hours of training (the next one may succeed)."""
+        try:
+            return self.validate(ft_step, checkpoint)
+        except Exception as exc:  # noqa: BLE001 - validation is an observer of training
+            message = redact(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")[:300]
+            log(f"[validation ft {ft_step}] failed ({message}); skipped, training continues")
+            try:
+                append_validation_row(self.run_dir, {"ft_step": int(ft_step), "error": message,
+                                                     "checkpoint_path": checkpoint})
+            except Exception as record_exc:  # noqa: BLE001
+                log(f"[validation ft {ft_step}] could not record the failure either: {record_exc}")
+            return None
+
 
 def ft_checkpoint_step(metrics: list[dict[str, Any]], checkpoint: Any) -> int | None:
     """The FT step of a report that carries a checkpoint, else None (P1/P2, or no checkpoint)."""
@@ -367,6 +388,8 @@ class ValidationCallback(UserCallback):
         step = ft_checkpoint_step(metrics, checkpoint)
         if step is None or not self.schedule.due(step):
             return
-        row = self.validator.validate(step, self.validator.checkpoint_url(checkpoint.path))
+        row = self.validator.try_validate(step, self.validator.checkpoint_url(checkpoint.path))
+        if row is None:
+            return
         print(f"[validation ft {step}] val Dice {row[SCORE_KEY]:.4f}" + (" | new best" if row["new_best"] else ""),
               flush=True)

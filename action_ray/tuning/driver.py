@@ -129,7 +129,9 @@ class ValidationReportCallback(_tune_report_callback_class()):
         if step is None:
             return
         path = self.validator.checkpoint_url(checkpoint.path)
-        validation = self.validator.validate(step, path)
+        validation = self.validator.try_validate(step, path)
+        if validation is None:  # logged and recorded; Tune just does not see this step
+            return
         row = dict(metrics[0])
         row.update({k: v for k, v in validation.items() if k.startswith("val_")})
         row[TIME_ATTR] = step

@@ -36,7 +36,7 @@ import os
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from action_ray.config import Config, _read_source, apply_overrides, load_config, parse_override
 from action_ray.errors import ConfigError
@@ -75,6 +75,13 @@ class TuneSettings(BaseModel):
     driver_cpus: float = Field(0.01, gt=0, lt=1, description="CPU of each trial's driver (ray-notes §6)")
     test_split: bool = Field(False, description="also evaluate each finished trial on the test split")
     max_failures: int = Field(0, ge=0, description="Tune-level retries of a failed trial")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        from action_ray.config import check_path_name
+
+        return check_path_name(value, "tune.name")
 
     @property
     def uses_early_stopping(self) -> bool:
