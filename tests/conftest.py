@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-# Ray settings that must be in the environment before any ray.init() (see docs/ray-notes):
+# Ray settings that must be in the environment before any ray.init() (see docs/ray-notes.md):
 # report() otherwise blocks ~2 s per call, and prints would show twice per worker.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")

@@ -133,7 +133,7 @@ def test_bench_phantoms_prints_measurements_next_to_targets(capsys):
     for row in ("CPU-s / volume", "fraction RV", "fraction MYO", "fraction LV", "fraction tumour", "slices / volume"):
         line = next(line for line in out.splitlines() if line.startswith(row))
         assert len(line.split("  ")) >= 3, line  # quantity, measured, target
-    assert "0.0093" in out and "48" in out  # the phantoms.md targets are shown
+    assert "0.0093" in out and "48" in out  # the docs/phantoms.md targets are shown
 
 
 def test_synth_refuses_to_resume_a_folder_made_with_another_seed_size_or_kind(tmp_path, capsys):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import time
@@ -160,12 +159,10 @@ def train_variant(spec: RunSpec) -> dict[str, Any]:
 
 # -------------------------------------------------------------------------------- table
 def _mean_sd(values: Sequence[float]) -> str:
-    values = [v for v in values if math.isfinite(v)]
-    if not values:
-        return "–"
-    mean = float(np.mean(values))
-    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    return f"{mean:.3f} ± {sd:.3f}"
+    """Val Dice in %, mean ± sd, as every other table of the project shows it."""
+    from action_ray.tuning.results import fmt_mean_sd, mean_sd
+
+    return fmt_mean_sd(mean_sd(values), 100.0)
 
 
 def variants_table(results: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
@@ -179,7 +176,7 @@ def variants_table(results: Sequence[dict[str, Any]], names: Sequence[str]) -> s
             continue
         p2 = _mean_sd([float(np.mean(r["p2_student"])) for r in runs if "p2_student" in r])
         cells = [_mean_sd([float(np.mean(r["curve"][str(s)])) for r in runs if str(s) in r["curve"]]) for s in steps]
-        last = [f"{float(np.mean(r['curve'][str(max(map(int, r['curve'])))])):.3f}" for r in runs]
+        last = [f"{100 * float(np.mean(r['curve'][str(max(map(int, r['curve'])))])):.1f}" for r in runs]
         lines.append(f"| {name} | {len(runs)} | {p2} | " + " | ".join(cells) + f" | {', '.join(last)} |")
     return "\n".join(lines) + "\n"
 
@@ -238,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
          *[f"--variant={v}" for v in (args.variant or [])]])
     report = "\n".join([f"# bench variants ({args.preset}), val split", "", f"Command: `{command}`",
                         f"Wall time: {(time.perf_counter() - started) / 60:.1f} min for {len(todo)} new runs.", "",
-                        "Val Dice, mean of the foreground classes, mean ± sd over draws.", "",
+                        "Val Dice in %, mean of the foreground classes, mean ± sd over draws.", "",
                         variants_table(done, names)])
     print(report)
     with open(os.path.join(args.out, "variants.md"), "w") as handle:

@@ -4,8 +4,8 @@ A stage step (``action_ray.train.steps``) is a function of a `TrainState`, a bat
 config. The state holds the model container (student, EMA teacher, heads), the memory banks of
 the stage, the optimiser and its poly schedule, the step counter and the random generators;
 `TrainState.state_dict` captures all of it, RNG states included, so that a run restored from
-a checkpoint continues the exact loss trajectory of an uninterrupted one (architecture.md,
-contract 5). Nothing here imports Ray.
+a checkpoint continues the exact loss trajectory of an uninterrupted one (README, "Resume").
+Nothing here imports Ray.
 
 Random streams, and why there are two:
 
