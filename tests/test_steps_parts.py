@@ -1,4 +1,4 @@
-"""Parts around the step functions: the sparse-gradient representation head, the optimiser and
+"""Parts around the step functions: the separable and sparse-gradient representation heads, the optimiser and
 schedule, 3-D steps, the compiled path and ``action-ray bench step``."""
 
 from __future__ import annotations
@@ -14,7 +14,13 @@ from action_ray.model import RepresentationHead
 from action_ray.train.optim import PolyDecay, build_optimizer, poly_schedule
 from action_ray.train.state import build_model, build_state
 from action_ray.train.steps import ft_step, p2_step
-from action_ray.train.steps.representation import sparse_grad_representation
+from action_ray.train.steps.representation import (
+    fast_representation,
+    separable_representation,
+    shifted_interpolation_matrices,
+    sparse_grad_representation,
+    takes_separable_path,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tests/conftest.py
 
@@ -51,6 +57,42 @@ def test_sparse_grad_head_matches_the_dense_head_when_few_pixels_get_gradient(di
     # too small a budget drops pixels: the gradient is then (knowingly) incomplete
     short = torch.autograd.grad((sparse_grad_representation(head, features, size, 3) * upstream).sum(), wrt)
     assert not torch.allclose(short[0], expected[0])
+
+
+def test_shifted_interpolation_matrices_are_align_corners_upsampling_shifted_with_zero_padding():
+    signal = torch.randn(5, dtype=torch.float64)
+    up = torch.nn.functional.interpolate(signal.reshape(1, 1, 5), size=13, mode="linear", align_corners=True)[0, 0]
+    matrices = shifted_interpolation_matrices(5, 13, torch.float64, "cpu")
+    padded = torch.cat([up.new_zeros(1), up, up.new_zeros(1)])
+    for tap in range(3):
+        torch.testing.assert_close(matrices[tap] @ signal, padded[tap : tap + 13])
+
+
+@pytest.mark.parametrize("max_pixels", [None, 10])
+def test_separable_head_matches_the_dense_head_in_values_and_gradients(max_pixels):
+    torch.manual_seed(0)
+    size = (16, 16)
+    # a wide coarse level (separable), a narrow mid level and a full-resolution one (direct)
+    features = [
+        torch.randn(3, 40, 2, 2, dtype=torch.float64, requires_grad=True),
+        torch.randn(3, 8, 8, 8, dtype=torch.float64, requires_grad=True),
+        torch.randn(3, 4, *size, dtype=torch.float64, requires_grad=True),
+    ]
+    head = RepresentationHead(52, 6, 2).double()
+    assert [takes_separable_path(f.shape, size, 6) for f in features] == [True, False, False]
+    rows = torch.zeros(3 * 16 * 16, 6, dtype=torch.float64)
+    chosen = torch.tensor([0, 15, 16 * 7 + 3, 300, rows.shape[0] - 1])  # corners and borders included
+    rows[chosen] = torch.randn(len(chosen), 6, dtype=torch.float64)
+    upstream = rows.reshape(3, *size, 6).movedim(-1, 1)
+    wrt = features + list(head.parameters())
+
+    dense = head(features, size)
+    expected = torch.autograd.grad((dense * upstream).sum(), wrt)
+    fast = separable_representation(head, features, size, max_pixels)
+    torch.testing.assert_close(fast, dense)
+    for a, b in zip(torch.autograd.grad((fast * upstream).sum(), wrt), expected):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(fast_representation(head, features, size, 10), dense)
 
 
 def test_poly_schedule_follows_the_formula_and_round_trips():

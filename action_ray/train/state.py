@@ -47,7 +47,7 @@ class Forwards:
 
     Kept outside the model so that compiling never changes the model's ``state_dict`` keys.
     The FT representation head is not here: it runs through
-    ``steps.representation.sparse_grad_representation``, a custom autograd function.
+    ``steps.representation.fast_representation`` (separable convolution, sparse backward).
     """
 
     student: Callable

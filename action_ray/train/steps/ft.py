@@ -4,8 +4,9 @@ Per iteration: pseudo-labels from the teacher on the clean unlabelled batch -> s
 augmentation (mix, photometric, warp of images *and* pseudo-labels, optional geometric) ->
 two student forwards (labelled, mixed; separate BN batch statistics as published) -> one
 representation-head call over both batches (the head has no BN, so this equals two calls),
-whose backward visits only the query pixels (`representation.py`: the head's full-resolution
-3x3 convolution is the hot spot of the step, and L_anco sends gradient only to its queries) ->
+by `representation.fast_representation` (the head's full-resolution 3x3 convolution was the
+hot spot of the step: coarse levels are convolved before their up-sampling, and the backward
+visits only the query pixels, the only ones L_anco sends gradient to) ->
 L_sup + w_u·L_unsup + w_a·L_anco -> update -> EMA. ``ft.ema_steps_per_iter=2`` restores the
 published extra student forward on the clean batch (BN statistics only) and the extra EMA step
 before the update (§10.11). With ``ft.anco_negatives=bank`` the negatives come from the
@@ -36,7 +37,7 @@ from action_ray.train.steps.common import (
     set_train_modes,
 )
 from action_ray.train.steps.diagnostics import is_report_step, pseudo_label_summary, record
-from action_ray.train.steps.representation import sparse_grad_representation
+from action_ray.train.steps.representation import fast_representation
 
 
 @torch.no_grad()
@@ -134,8 +135,8 @@ def ft_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -
         rep = valid = None
         if ft.anco_weight > 0:
             features = [torch.cat(pair) for pair in zip(out_l.features, out_u.features)]
-            # (B_l + B_u, D, *S); backward only at the <= C·M query pixels L_anco draws
-            rep = sparse_grad_representation(
+            # (B_l + B_u, D, *S), the head computed without its full-resolution cost (representation.py)
+            rep = fast_representation(
                 model.representation_head, features, x_l.shape[2:], num_classes * ft.num_queries
             )
             labelled_conf = torch.ones(y_l.shape, dtype=c_mix.dtype, device=c_mix.device)
