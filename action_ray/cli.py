@@ -2,19 +2,34 @@
 
 Each verb lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``.
 Those modules keep heavy imports (torch, ray, dask, zarr) inside ``run`` so that
-``action-ray --help`` stays instant. An :class:`~action_ray.errors.ActionRayError` is printed
-as one line without a traceback; anything else is a bug and keeps its traceback.
+``action-ray --help`` stays instant.
+
+Exit codes: 0 success; 2 a user error (an :class:`~action_ray.errors.ActionRayError`, a bad
+command line, or an input path that does not exist or cannot be read), printed as one line that
+names the file or key; 1 an internal error (anything else, a bug), printed as one line that says
+so; 3 is left to verbs that finish with some inputs rejected (``ingest``); 130 on Ctrl-C.
+``--debug`` (anywhere on the command line, or ``ACTION_RAY_DEBUG=1``) adds the traceback. Every
+message goes through :func:`action_ray.urls.redact`, so no credential reaches the terminal.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 from typing import Sequence
 
 from action_ray import __version__
 from action_ray.errors import ActionRayError
+
+EXIT_INTERNAL_ERROR = 1
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+#: errors of an input path the user named (the message names the path)
+USER_PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+DEBUG_HELP = "show the traceback of an error; accepted anywhere on the command line (also ACTION_RAY_DEBUG=1)"
 
 #: verb -> (module, one-line help). Order is the order shown by ``--help``.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -47,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Semi-supervised medical image segmentation (ACTION) on Ray clusters.",
     )
     parser.add_argument("--version", action="version", version=f"action-ray {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND")
     for verb, (module_name, help_text) in COMMANDS.items():
         module = _load(module_name)
@@ -80,20 +96,46 @@ def parse_command_line(parser: argparse.ArgumentParser, argv: Sequence[str] | No
     return args
 
 
+def _path_error_message(exc: OSError) -> str:
+    reason = exc.strerror or type(exc).__name__
+    where = exc.filename if exc.filename is not None else str(exc)
+    return f"{reason}: {where} (check the path and its permissions)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    tokens = list(sys.argv[1:] if argv is None else argv)
+    # --debug is taken wherever it stands (``action-ray bench quality ... --debug``), so no verb
+    # or nested sub-command has to declare it
+    debug = "--debug" in tokens or os.environ.get("ACTION_RAY_DEBUG", "") not in ("", "0")
     parser = build_parser()
-    args = parse_command_line(parser, argv)
+    args = parse_command_line(parser, [t for t in tokens if t != "--debug"])
     if getattr(args, "_module", None) is None:
         parser.print_help()
-        return 2
+        return EXIT_USER_ERROR
+    prefix = f"action-ray {args.command}"
     try:
         return int(args._module.run(args) or 0)
-    except ActionRayError as exc:
-        print(f"action-ray {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
-        print(f"action-ray {args.command}: interrupted", file=sys.stderr)
-        return 130
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ActionRayError, *USER_PATH_ERRORS) as exc:
+        message = str(exc) if isinstance(exc, ActionRayError) else _path_error_message(exc)
+        _report(f"{prefix}: error: {message}", debug)
+        return EXIT_USER_ERROR
+    except Exception as exc:  # a bug: one line, the traceback only on request
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        _report(f"{prefix}: internal error: {type(exc).__name__}: {first_line} (a bug in action-ray: "
+                f"rerun with --debug for the traceback and report it)", debug)
+        return EXIT_INTERNAL_ERROR
+
+
+def _report(line: str, debug: bool) -> None:
+    """Print the one-line message (and, with --debug, the traceback above it), redacted."""
+    from action_ray.urls import redact
+
+    if debug:
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+    print(redact(line), file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover
