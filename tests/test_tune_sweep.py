@@ -32,12 +32,12 @@ def disc_case(rng: np.random.Generator, shape=(4, 32, 32)) -> tuple[np.ndarray, 
     return image.astype(np.float32), label
 
 
-def make_tune_store(url: str, seed: int = 0):
+def make_tune_store(url: str, seed: int = 0, splits: dict[str, int] = SPLITS):
     store = create_store(url, name="tune-test", modality="MR", layout="folder",
                          classes={0: "background", 1: "disc", 2: "ring"})
     rng = np.random.default_rng(seed)
     index = 0
-    for split, count in SPLITS.items():
+    for split, count in splits.items():
         for _ in range(count):
             image, label = disc_case(rng)
             meta = CaseMeta(f"case{index:02d}", f"patient{index:02d}", split, (5.0, 1.5, 1.5),
@@ -62,6 +62,25 @@ def test_dry_run_lists_the_grid_without_ray(store_url, capsys):
     assert cli_main(["tune", "--config", "tune-cpu", f"data.store={store_url}", "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "12 grid point(s)" in out and out.count("method=") == 12
+
+
+def test_preflight_refuses_a_trial_that_cannot_run_naming_it_before_ray(store_url, tmp_path, capsys):
+    import ray
+
+    argv = ["tune", "--config", "tune-cpu", f"data.store={store_url}", f"tune.storage_path={tmp_path}",
+            "space.method={grid_search: [supervised, action]}", "space.data.label_ratio={grid_search: [0.34, 1.0]}"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "method=action" in err and "data.label_ratio=1.0" in err
+    assert "unlabelled" in err
+    assert not ray.is_initialized() and not any(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_preflight_needs_a_labelled_val_split(tmp_path, capsys):
+    url = str(tmp_path / "noval.zarr")
+    make_tune_store(url, splits={"train": 4, "test": 1})
+    assert cli_main(["tune", "--config", "tune-cpu", f"data.store={url}", "--dry-run"]) == 2
+    assert "no labelled case in its val split" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -101,3 +120,87 @@ def test_tiny_sweep_completes_and_writes_results(store_url, tmp_path, capsys):
     assert "`action-ray tune" in text and "| 2 (33.3 %) |" in text
     assert (sweep_dir / "dice_vs_label_ratio.png").read_bytes()[:4] == b"\x89PNG"
     assert "method:" in (sweep_dir / "sweep.yaml").read_text()  # the resolved sweep is kept
+
+
+# ------------------------------------------------------------ an interrupted sweep, resumed
+def _kill_tree(proc) -> None:
+    """SIGKILL the sweep's driver and everything it started (its local Ray included)."""
+    import os
+    import signal
+
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    os.killpg(proc.pid, signal.SIGKILL)
+    for member in family:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+
+
+def _run_dirs(sweep_dir):
+    runs = sweep_dir / "runs"
+    return sorted(runs.iterdir()) if runs.exists() else []
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_mid_run_resumes_keeping_finished_trials(store_url, tmp_path, capsys):
+    """SIGKILL the driver of a 2-trial sweep while the second trial trains (the first finished),
+    then run the same command with --resume: the finished trial is not run again, the second
+    continues from its last checkpoint, and no step is validated or logged twice."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    argv = ["tune", "--config", "tune-cpu", f"data.store={store_url}", f"tune.storage_path={tmp_path}",
+            "tune.name=killed", "tune.scheduler=fifo", "tune.max_concurrent_trials=1",
+            "space.method={grid_search: [supervised]}", "space.data.label_ratio=0.34",
+            "space.draw={grid_search: [{train.seed: 0, data.split_seed: 0}, {train.seed: 1, data.split_seed: 1}]}",
+            "data.slice_size=32", "schedule.ft.iterations=300", "train.report_every=10",
+            "train.checkpoint_every=20"]
+    sweep_dir = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "action_ray.cli", *argv], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            dirs = _run_dirs(sweep_dir)
+            finished = [d for d in dirs if (d / "result.json").exists()]
+            started = [d for d in dirs if (d / "validation.jsonl").exists() and not (d / "result.json").exists()]
+            if finished and started:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the sweep did not reach its second trial (exit code {proc.poll()})")
+    finally:
+        _kill_tree(proc)
+    (first,) = finished
+    first_result = (first / "result.json").read_bytes()
+    first_validation = (first / "validation.jsonl").read_bytes()
+
+    # the same command again is refused (before Ray) instead of mixing two sweeps
+    assert cli_main(argv) == 2
+    assert "--resume" in capsys.readouterr().err
+    try:
+        assert cli_main([*argv, "--resume"]) == 0
+    finally:
+        ray.shutdown()
+    with open(sweep_dir / "results.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 2 and all(row["status"] == "done" for row in rows), rows
+    assert all(int(row["ft_step"]) == 300 for row in rows)
+    assert (first / "result.json").read_bytes() == first_result  # not trained again
+    assert (first / "validation.jsonl").read_bytes() == first_validation
+    for run_dir in _run_dirs(sweep_dir):
+        steps = [json.loads(line)["ft_step"] for line in (run_dir / "validation.jsonl").read_text().splitlines()]
+        assert steps == list(range(20, 301, 20)), (run_dir.name, steps)
+        logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert logged == list(range(10, 301, 10)), (run_dir.name, logged)

@@ -68,6 +68,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "(what each part of ACTION adds, 2 CPU cores), full (GPUs)")
     parser.add_argument("--out", default="bench-quality", help="phantoms, store and sweep go here")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="synth/ingest processes")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted table in --out: finished trials are kept")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="sweep or training overrides, as for action-ray tune")
 
@@ -263,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
                                        *(args.overrides or ())])
     command = "action-ray bench quality " + shlex.join(
         ["--profile", args.profile, "--out", args.out, "--workers", str(args.workers), *(args.overrides or ())])
-    outcome = run_sweep(sweep, command=command)
+    outcome = run_sweep(sweep, command=command, resume=args.resume)
     total = time.perf_counter() - started
     report = "\n".join([
         f"# bench quality ({args.profile}): cardiac phantoms, {profile.patients} patients at {profile.size}²",

@@ -207,29 +207,99 @@ class SweepOutcome:
     seconds: float
 
 
-def run_sweep(sweep: SweepConfig, *, command: str | None = None,
+def preflight_trials(sweep: SweepConfig, base: Config) -> list[dict[str, Any]]:
+    """Check every grid point against the store before Ray starts; return the grid's overrides.
+
+    Reads the store's index once. Each trial's config must be valid (`check_trials`), its label
+    split must be drawable, and its stages must find what they need (`check_run_needs`:
+    unlabelled patients, classes). A sweep is scored on validation Dice, so the store needs a
+    labelled val case. The error names the trial and says what to change.
+    """
+    from action_ray.data.splits import label_split
+    from action_ray.store import open_store
+    from action_ray.train.trainer import check_run_needs
+    from action_ray.tuning.space import check_trials, trial_overrides
+
+    combos = check_trials(sweep, base)
+    if not base.data.store:
+        raise ActionRayError("the sweep's base config has no data.store: pass data.store=PATH_OR_URL")
+    store = open_store(str(base.data.store), base.data.storage_options or None)
+    if not any(case.has_label for case in store.list_cases(split="val")):
+        raise ActionRayError(f"store {redact(str(base.data.store))} has no labelled case in its val split, and a "
+                             f"sweep ranks trials by {sweep.tune.metric}: ingest with a val split "
+                             "(see `action-ray ingest --help`, split options)")
+    tree = base.to_dict(redact_secrets=False)
+    for combo in combos:
+        config = trial_config(tree, combo)
+        d = config.data
+        try:
+            split = label_split(store, label_ratio=d.label_ratio, num_labelled_patients=d.labelled_patients,
+                                seed=d.split_seed)
+            num_classes = config.model.num_classes or (max(store.classes) + 1)
+            check_run_needs(config, split, store, num_classes)
+        except ActionRayError as exc:
+            where = " ".join(f"{k}={v}" for k, v in trial_overrides(combo).items())
+            raise type(exc)(f"trial [{where}]: {exc}") from None
+    return combos
+
+
+def check_resumable(sweep_dir: str, experiment_dir: str, sweep_text: str, resume: bool) -> None:
+    """Refuse to start a sweep over an earlier one of the same name, or to resume what is not there.
+
+    ``--resume`` needs Tune's experiment state in ``<sweep>/tune/<name>`` and the same resolved
+    sweep as the interrupted run (``sweep.yaml``): a changed grid would resume trials the table
+    no longer describes. Runs before Ray starts, so a wrong command costs nothing.
+    """
+    import ray.tune
+
+    exists = ray.tune.Tuner.can_restore(experiment_dir)
+    where = redact(sweep_dir)
+    if resume and not exists:
+        raise ActionRayError(f"--resume: there is no interrupted sweep at {where} (no Tune experiment state in "
+                             f"tune/); run the same command without --resume to start it")
+    if exists and not resume:
+        raise ActionRayError(f"a sweep already exists at {where}: pass --resume to continue it (finished trials "
+                             f"are kept), or give tune.name=NEW for a new sweep")
+    if resume:
+        fs, root = filesystem_for(sweep_dir)
+        try:
+            with fs.open(f"{root}/sweep.yaml", "r") as handle:
+                previous = handle.read()
+        except FileNotFoundError:
+            previous = sweep_text
+        if previous != sweep_text:
+            raise ActionRayError(f"--resume: the sweep differs from the interrupted one in {where}/sweep.yaml; "
+                                 f"resume with the same --config and overrides, or give tune.name=NEW")
+
+
+def run_sweep(sweep: SweepConfig, *, command: str | None = None, resume: bool = False,
               log: Callable[[str], None] = print) -> SweepOutcome:
     """Validate the sweep, run every trial on Ray Tune, and write the results files
-    (``command`` is quoted in ``results.md``)."""
+    (``command`` is quoted in ``results.md``).
+
+    ``resume``: continue an interrupted sweep of the same name with ``Tuner.restore``. Finished
+    trials keep their results; unfinished and errored ones run again, and each picks up its own
+    training run from that run's last checkpoint (trials train with ``train.resume``).
+    """
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from action_ray.tuning.results import trial_rows, write_results
-    from action_ray.tuning.space import check_trials
 
     base = sweep.base_config()
-    if not base.data.store:
-        raise ActionRayError("the sweep's base config has no data.store: pass data.store=PATH_OR_URL")
-    combos = check_trials(sweep, base)
+    combos = preflight_trials(sweep, base)
     name = sweep_name(sweep)
     storage = sweep.tune.storage_path
     if not is_remote(storage):
         storage = os.path.abspath(storage)
     sweep_dir = f"{storage.rstrip('/')}/{name}"
+    experiment_dir = f"{sweep_dir}/tune/{name}"
+    sweep_text = dump_sweep(sweep)
+    check_resumable(sweep_dir, experiment_dir, sweep_text, resume)
     fs, root = filesystem_for(sweep_dir)
     fs.makedirs(root, exist_ok=True)
     with fs.open(f"{root}/sweep.yaml", "w") as handle:
-        handle.write(dump_sweep(sweep))
+        handle.write(sweep_text)
     resources = TrialResources.of(base, sweep.tune.driver_cpus)
     ensure_tune_ray(sweep, base, resources, log)
     import ray
@@ -249,8 +319,27 @@ def run_sweep(sweep: SweepConfig, *, command: str | None = None,
     trainable = ray.tune.with_parameters(
         trial_driver, base=base.to_dict(redact_secrets=False), runs_dir=f"{sweep_dir}/runs",
         test_split=sweep.tune.test_split)
-    tuner = ray.tune.Tuner(
-        ray.tune.with_resources(trainable, {"cpu": sweep.tune.driver_cpus}),
+    trainable = ray.tune.with_resources(trainable, {"cpu": sweep.tune.driver_cpus})
+    if resume:
+        log(f"resuming sweep {name} from {redact(experiment_dir)}")
+        tuner = ray.tune.Tuner.restore(experiment_dir, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True, param_space=sweep.param_space())
+    else:
+        tuner = _new_tuner(sweep, base, trainable, scheduler, concurrent, name, sweep_dir)
+    started = time.perf_counter()
+    grid = tuner.fit()
+    seconds = time.perf_counter() - started
+    rows = trial_rows(grid, list(sweep.space))
+    write_results(sweep_dir, rows, metric=sweep.tune.metric, seconds=seconds, command=command)
+    return SweepOutcome(sweep_dir, rows, seconds)
+
+
+def _new_tuner(sweep: SweepConfig, base: Config, trainable: Any, scheduler: Any, concurrent: int, name: str,
+               sweep_dir: str) -> Any:
+    import ray.tune
+
+    return ray.tune.Tuner(
+        trainable,
         param_space=sweep.param_space(),
         tune_config=ray.tune.TuneConfig(metric=sweep.tune.metric, mode=sweep.tune.mode,
                                         num_samples=sweep.tune.num_samples, scheduler=scheduler,
@@ -258,9 +347,3 @@ def run_sweep(sweep: SweepConfig, *, command: str | None = None,
         run_config=ray.tune.RunConfig(name=name, storage_path=f"{sweep_dir}/tune",
                                       failure_config=ray.tune.FailureConfig(max_failures=sweep.tune.max_failures)),
     )
-    started = time.perf_counter()
-    grid = tuner.fit()
-    seconds = time.perf_counter() - started
-    rows = trial_rows(grid, list(sweep.space))
-    write_results(sweep_dir, rows, metric=sweep.tune.metric, seconds=seconds, command=command)
-    return SweepOutcome(sweep_dir, rows, seconds)
