@@ -1,0 +1,71 @@
+"""The driver of `action-ray train` is SIGKILLed (with the local Ray it started) after a
+checkpoint; the same command with --resume finishes the run from that checkpoint: every step
+logged exactly once, nothing before the checkpoint trained again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from action_ray.cli import main as cli_main
+from tests.test_train_ray import make_tiny_store
+
+pytestmark = pytest.mark.slow
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    os.killpg(proc.pid, signal.SIGKILL)
+    for member in family:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+
+
+def test_a_killed_driver_resumes_from_its_last_checkpoint(tmp_path, capsys):
+    import ray
+
+    store = str(tmp_path / "store.zarr")
+    make_tiny_store(store)
+    argv = ["train", "--config", "cpu-demo", f"data.store={store}", f"train.storage_path={tmp_path / 'runs'}",
+            "train.run_name=killed", "method=supervised", "data.slice_size=32", "schedule.ft.iterations=400",
+            "train.report_every=10", "train.checkpoint_every=20", "eval.val_every=0"]
+    run_dir = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "action_ray.cli", *argv], start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"no checkpoint before the driver ended (exit code {proc.poll()})")
+    finally:
+        _kill_tree(proc)
+    assert not (run_dir / "result.json").exists()
+    before = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert before and before[-1] < 400
+
+    assert cli_main(argv) == 2  # a second fresh start over the run is refused
+    assert "--resume" in capsys.readouterr().err
+    try:
+        assert cli_main([*argv, "--resume"]) == 0
+    finally:
+        ray.shutdown()
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["step"] == 400
+    logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(10, 401, 10))  # no step lost from the log, none twice
