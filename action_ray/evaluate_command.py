@@ -46,4 +46,5 @@ def run(args: argparse.Namespace) -> int:
     from action_ray.evaluation.report import summary_markdown
 
     print(summary_markdown(summary))
-    return 0
+    # 3, as for ingest: the reports are written, but some cases were left out (see the warning)
+    return 3 if summary.get("unreadable_cases") else 0

@@ -185,3 +185,20 @@ def test_patch_tasks_split_inside_a_plane_and_read_only_their_box(store_and_volu
     a, b = run_tasks(whole), run_tasks(split)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
+
+
+def test_a_corrupt_chunk_skips_only_its_rows_and_names_the_case(tmp_path, caplog):
+    """A chunk damaged after ingest: the read task leaves out that slab with a warning naming the
+    case, and every other row is still read (training goes on; an empty epoch still stops it)."""
+    import logging
+
+    store, volumes = make_store(str(tmp_path / "store.zarr"))
+    (tmp_path / "store.zarr" / "cases" / "c1" / "image" / "c" / "2" / "0" / "0").write_bytes(b"garbage")
+    source = VolumeSliceDatasource(store.url, None, list(SHAPES), with_label=True, rows_per_task=1,
+                                   output_size=None)
+    with caplog.at_level(logging.WARNING, logger="action_ray.data.source"):
+        rows = run_tasks(source)
+    seen = {(source.case_table[c], int(z)) for c, z in zip(rows["case"], rows["z"])}
+    expected = {(c, z) for c, s in SHAPES.items() for z in range(s[0])}
+    assert seen == expected - {("c1", 2)}
+    assert any("case c1" in r.getMessage() and "rows 2..2" in r.getMessage() for r in caplog.records)

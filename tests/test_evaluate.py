@@ -18,7 +18,7 @@ import torch
 
 from action_ray.config import load_config
 from action_ray.data.normalize import NormalizationSpec
-from action_ray.errors import ConfigError
+from action_ray.errors import ConfigError, StoreError
 from action_ray.evaluation import evaluate_run
 from action_ray.evaluation.evaluate import score_cases
 from action_ray.evaluation.inference import (
@@ -302,3 +302,33 @@ def test_last_falls_back_to_the_newest_periodic_checkpoint_of_the_last_stage(tmp
         resolve_checkpoint(str(run))
     with pytest.raises(ConfigError, match="network predicts 3 classes"):
         foreground_classes(CLASSES, 3)
+
+
+def test_a_deleted_or_corrupt_chunk_leaves_its_case_out_by_id_and_the_rest_is_scored(tmp_path, capsys):
+    """After ingest, one case loses a chunk (it would read back as zeros) and another has a chunk
+    overwritten with garbage: evaluate names both, scores the other cases, and exits 3."""
+    from action_ray.cli import main
+    from action_ray.store import open_store
+
+    cases = {f"t{i}": ("test", *phantom(i)) for i in range(3)}
+    store = make_store(tmp_path / "store.zarr", cases)
+    run_dir = tmp_path / "run"
+    save_run(run_dir, tiny_config(store.url))
+    for case_id in ("t0", "t1"):  # every chunk holds data (noise): all were written
+        assert store.case(case_id).stored_chunks == {"image": SHAPE[0], "label": 2}  # label: 2 non-empty slices
+    chunk_dir = tmp_path / "store.zarr" / "cases"
+    (chunk_dir / "t0" / "image" / "c" / "1" / "0" / "0").unlink()
+    (chunk_dir / "t1" / "image" / "c" / "2" / "0" / "0").write_bytes(b"not a chunk")
+    reopened = open_store(store.url)
+    with pytest.raises(StoreError, match="'t0'.*3 stored chunks where ingest wrote 4"):
+        reopened.verify_case("t0")
+    reopened.verify_case("t2")
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run_dir), "--store", store.url, "--out", str(out), "--no-progress"]) == 3
+    captured = capsys.readouterr()
+    assert "2 case(s) could not be read" in captured.out and "t0, t1" in captured.out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == 1 and [u["case_id"] for u in summary["unreadable_cases"]] == ["t0", "t1"]
+    assert {row["case"] for row in read_csv(out / "metrics.csv")} == {"t2"}
+    assert "left out, unreadable" in (out / "summary.md").read_text()

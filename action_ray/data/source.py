@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
@@ -43,7 +44,9 @@ from ray.data.datasource import Datasource, ReadTask
 from action_ray.data.normalize import NormalizationSpec, normalize_array, resolve_spec
 from action_ray.data.patches import patch_origins
 from action_ray.data.resize import IMAGE_MODES, resize_slices
-from action_ray.errors import ConfigError
+from action_ray.errors import ConfigError, StoreError
+
+log = logging.getLogger(__name__)
 
 #: Label value of rows whose case has no label, in a datasource that has a label column.
 IGNORE_LABEL = 255
@@ -333,9 +336,19 @@ class _TaskContext:
 
 
 def _read_units(ctx: _TaskContext, units: Sequence[ReadUnit]) -> Iterator[Any]:
-    """Read task body: one block per unit (a case's slab), built from one ranged store read."""
+    """Read task body: one block per unit (a case's slab), built from one ranged store read.
+
+    A unit whose chunks cannot be read (corrupt or unreachable after ingest) is left out with a
+    warning naming the case and its rows, so one damaged case does not end hours of training;
+    an epoch that yields no full batch still stops the run (`train.loop`).
+    """
     for unit in units:
-        batch = read_unit_batch(ctx, unit)
+        try:
+            batch = read_unit_batch(ctx, unit)
+        except StoreError as exc:
+            log.warning("action-ray: skipping rows %d..%d of case %s: %s", unit.start, unit.stop - 1,
+                        ctx.cases[unit.case].case_id, exc)
+            continue
         yield BlockAccessor.batch_to_block(batch)
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from action_ray.errors import ConfigError
+from action_ray.errors import ConfigError, StoreError
 from action_ray.evaluation.inference import InferenceSettings, Network, predict_case
 from action_ray.evaluation.montage import MontageCase, montage_case, write_montage
 from action_ray.evaluation.report import build_summary, case_rows, write_reports
@@ -34,11 +34,13 @@ OVERLAYS_PNG = "overlays.png"
 
 @dataclass
 class ScoredCases:
-    """Rows of ``metrics.csv`` for the scored cases, montage rows, and the unlabelled skipped."""
+    """Rows of ``metrics.csv`` for the scored cases, montage rows, the unlabelled skipped, and
+    the cases that could not be read (``{"case_id", "error"}``: a missing or corrupt chunk)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     montage: list[MontageCase] = field(default_factory=list)
     skipped_unlabelled: list[str] = field(default_factory=list)
+    unreadable: list[dict[str, str]] = field(default_factory=list)
 
 
 def foreground_classes(store_classes: Mapping[int, str], num_classes: int) -> dict[int, str]:
@@ -81,7 +83,13 @@ def score_cases(
     show = set(np.linspace(0, len(labelled) - 1, num=min(montage_cases, len(labelled)), dtype=int).tolist()) \
         if labelled and montage_cases > 0 else set()
     for index, info in enumerate(tqdm(labelled, desc="evaluate", unit="case", disable=not progress)):
-        image, gt = store.read_volume(info.case_id)
+        try:
+            store.verify_case(info.case_id)  # a deleted chunk would read back as zeros
+            image, gt = store.read_volume(info.case_id)
+        except StoreError as exc:  # one damaged case must not end the evaluation of the others
+            log.warning("case %s cannot be read and is left out: %s", info.case_id, exc)
+            result.unreadable.append({"case_id": info.case_id, "error": str(exc)})
+            continue
         pred = predict_case(network, image, info.stats, settings, case_id=info.case_id).labels
         rows = case_rows(info.case_id, info.patient_id, pred, gt, classes, info.spacing, empty)
         result.rows.extend(rows)
@@ -156,6 +164,12 @@ def evaluate_run(
              f"{describe_selection(selection)}) on {len(cases)} {split} case(s) of {redact(store_url)}")
     scored = score_cases(student.network, store, cases, settings, classes, empty=empty, progress=progress,
                          montage_cases=montage_cases)
+    if scored.unreadable and not scored.rows:
+        raise StoreError(f"no case of split {split!r} could be read: "
+                         + "; ".join(u["error"] for u in scored.unreadable[:3]))
+    if scored.unreadable and echo:
+        echo(f"warning: {len(scored.unreadable)} case(s) could not be read and are left out of the scores: "
+             + ", ".join(u["case_id"] for u in scored.unreadable))
     if not scored.rows:
         raise ConfigError(f"split {split!r} of {redact(store_url)} has no labelled case to score "
                           f"({len(scored.skipped_unlabelled)} unlabelled)")
@@ -169,6 +183,7 @@ def evaluate_run(
         "empty": empty,
         "device": device,
         "skipped_unlabelled": scored.skipped_unlabelled,
+        "unreadable_cases": scored.unreadable,
         "inference": {
             "dims": settings.dims, "slice_size": settings.slice_size if settings.dims == 2 else None,
             "image_interpolation": settings.image_interpolation if settings.dims == 2 else None,

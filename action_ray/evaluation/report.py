@@ -127,6 +127,9 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         f"- store: `{summary.get('store', '?')}`",
         f"- cases: {summary.get('n_cases', 0)} ({summary.get('n_patients', 0)} patients); "
         f"skipped unlabelled: {len(summary.get('skipped_unlabelled') or [])}",
+        *([f"- **left out, unreadable**: " + "; ".join(f"`{u['case_id']}` ({u['error']})"
+                                                      for u in summary["unreadable_cases"])]
+          if summary.get("unreadable_cases") else []),
         f"- empty-mask convention: `{summary.get('empty', '?')}`; distances in mm use the stored "
         "spacing, voxel distances count one voxel per axis step",
         "",

@@ -98,6 +98,9 @@ class CaseInfo:
     stats: dict
     label_counts: dict | None
     extra: dict
+    #: chunks holding data per array (``{"image": n, "label": m}``), recorded at write time so that
+    #: a chunk deleted later is detectable (`Store.verify_case`); None in stores written before
+    stored_chunks: dict | None = None
 
 
 def validate_meta(meta: CaseMeta) -> None:
@@ -162,7 +165,23 @@ def info_from_attrs(attrs: dict) -> CaseInfo:
         stats=dict(doc.get("stats") or {}),
         label_counts=None if doc.get("label_counts") is None else dict(doc["label_counts"]),
         extra=dict(doc.get("extra") or {}),
+        stored_chunks=None if doc.get("stored_chunks") is None else {
+            str(k): int(v) for k, v in doc["stored_chunks"].items()},
     )
+
+
+def stored_chunk_count(data: np.ndarray, chunks: tuple[int, ...], fill_value: float | int) -> int:
+    """How many chunks of ``data`` zarr stores: those with any voxel other than ``fill_value``.
+
+    zarr 3 does not write a chunk that holds only the fill value (``write_empty_chunks`` is
+    off), so this is the count `zarr.Array.nchunks_initialized` reports after the write.
+    """
+    occupied = np.asarray(data) != fill_value
+    grid = [-(-size // chunk) for size, chunk in zip(occupied.shape, chunks)]
+    padded = np.zeros([n * c for n, c in zip(grid, chunks)], dtype=bool)
+    padded[tuple(slice(0, s) for s in occupied.shape)] = occupied
+    blocks = padded.reshape([v for n, c in zip(grid, chunks) for v in (n, c)])
+    return int(blocks.any(axis=tuple(range(1, 2 * len(chunks), 2))).sum())
 
 
 def intensity_stats(image: np.ndarray) -> dict[str, float]:

@@ -29,7 +29,7 @@ from action_ray.store.codecs import (
 from action_ray.store.schema import (
     ATTRS_KEY, AXES, CASES_GROUP, FORMAT_VERSION, IMAGE_ARRAY, LABEL_ARRAY, LABEL_IMAGE_NAME,
     LABELS_GROUP, CaseInfo, CaseMeta, case_attrs, case_key, check_case_id, classes_from_attrs,
-    dataset_attrs, info_from_attrs, intensity_stats, label_voxel_counts,
+    dataset_attrs, info_from_attrs, intensity_stats, label_voxel_counts, stored_chunk_count,
     validate_meta,
 )
 from action_ray.urls import (
@@ -181,7 +181,10 @@ class VolumeStore:
                     "ome": ome.label_image_attrs(meta.case_id, spacing, self.classes)})
                 label_image.create_array("0", data=label, chunks=chunks, compressors=label_compressors(),
                                          dimension_names=AXES, fill_value=0)
-            done = {**pending, "complete": True}
+            stored = {"image": stored_chunk_count(image, chunks, 0.0)}
+            if label is not None:
+                stored["label"] = stored_chunk_count(label, chunks, 0)
+            done = {**pending, "complete": True, "stored_chunks": stored}
             group.update_attributes({ATTRS_KEY: done})
             self._catalog.put_marker(meta.case_id, done)  # the completion marker, last
         except StoreError:
@@ -322,6 +325,26 @@ class VolumeStore:
             raise self._error(f"case {info.case_id!r}: reading {selection} failed",
                               "a chunk may be missing or corrupt; re-ingest the case", exc) from None
         return image, label
+
+    def verify_case(self, case_id: str) -> None:
+        """Check that every chunk written at ingest is still there (one listing per array).
+
+        A deleted chunk reads back as the fill value without any error, so readers that must
+        not score zeros (evaluation) call this first. Raises :class:`StoreError` naming the case
+        and array; does nothing for cases written before chunk counts were recorded.
+        """
+        info = self.case(case_id)
+        for kind, expected in (info.stored_chunks or {}).items():
+            array = self._array(case_id, IMAGE_ARRAY if kind == "image" else LABEL_ARRAY)
+            try:
+                found = int(array.nchunks_initialized)
+            except Exception as exc:
+                raise self._error(f"case {case_id!r}: cannot list the chunks of its {kind}",
+                                  "check the store is reachable", exc) from None
+            if found != expected:
+                raise self._error(f"case {case_id!r}: its {kind} has {found} stored chunks where ingest wrote "
+                                  f"{expected} (a chunk was deleted or added since)",
+                                  "re-ingest the case with --overwrite")
 
     def read_volume(self, case_id: str) -> tuple[np.ndarray, np.ndarray | None]:
         """(image float32 (Z, Y, X), label uint8 (Z, Y, X) or None)."""
