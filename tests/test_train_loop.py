@@ -160,3 +160,23 @@ def test_resume_from_a_stage_end_hands_over_to_the_next_stage(full_run):
     run_stages(config, settings_for(config), fake_batches(config, 3), tail, torch.device("cpu"),
                resume=p2_end, log=lambda _: None)
     assert trajectory(tail.rows) == trajectory(full.rows)[6:]
+
+
+def test_ray_trains_per_report_info_line_is_silenced_in_the_worker():
+    """The module that logs "Reporting training result N" must still exist where we look for it
+    (a Ray upgrade that moves it would bring back a line per report)."""
+    import importlib.util
+    import logging
+
+    from action_ray.train.loop import RAY_TRAIN_REPORT_MODULE, quiet_report_lines
+
+    origin = importlib.util.find_spec(RAY_TRAIN_REPORT_MODULE).origin
+    with open(origin) as handle:
+        assert "Reporting training result" in handle.read()
+    logger = logging.getLogger(origin)
+    before = logger.level
+    try:
+        quiet_report_lines()
+        assert not logger.isEnabledFor(logging.INFO) and logger.isEnabledFor(logging.WARNING)
+    finally:
+        logger.setLevel(before)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -48,6 +49,26 @@ from action_ray.train.checkpoint import (
 )
 
 Batch = dict[str, torch.Tensor]
+#: the module whose logger writes Ray Train 2.60's per-report INFO line ("Reporting training
+#: result N: ..."); that logger is named after the module's file path, not its dotted name
+RAY_TRAIN_REPORT_MODULE = "ray.train.v2._internal.execution.context"
+
+
+def quiet_report_lines() -> None:
+    """Raise Ray Train's per-report logger to WARNING in this worker.
+
+    Ray Train logs every ``ray.train.report`` at INFO through Ray's own console handler (its
+    ``LoggingConfig`` filters only Train's handlers): a long line per report that buries the
+    progress lines. Nothing happens if a Ray release moves the module.
+    """
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec(RAY_TRAIN_REPORT_MODULE)
+    except (ImportError, ValueError):
+        return
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
 #: A function that yields (position after the batch, raw shard batches) for a stage.
 BatchSource = Callable[[str, DataPosition], Iterator[tuple[DataPosition, dict[str, Batch]]]]
 
@@ -394,6 +415,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     settings = LoopSettings(**loop_config)
     config = config_from_dict(settings.config)
+    quiet_report_lines()
     context = ray.train.get_context()
     rank = context.get_world_rank()
     if config.train.deterministic:
