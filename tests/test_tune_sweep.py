@@ -76,6 +76,16 @@ def test_preflight_refuses_a_trial_that_cannot_run_naming_it_before_ray(store_ur
     assert not ray.is_initialized() and not any(tmp_path.iterdir())  # nothing started, nothing written
 
 
+def test_resume_without_an_interrupted_sweep_is_refused_before_ray(store_url, tmp_path, capsys):
+    import ray
+
+    argv = ["tune", "--config", "tune-cpu", f"data.store={store_url}", f"tune.storage_path={tmp_path}",
+            "tune.name=never-started", "--resume"]
+    assert cli_main(argv) == 2
+    assert "no interrupted sweep" in capsys.readouterr().err
+    assert not ray.is_initialized() and not any(tmp_path.iterdir())
+
+
 def test_preflight_needs_a_labelled_val_split(tmp_path, capsys):
     url = str(tmp_path / "noval.zarr")
     make_tune_store(url, splits={"train": 4, "test": 1})
