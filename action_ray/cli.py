@@ -6,7 +6,7 @@ Those modules keep heavy imports (torch, ray, dask, zarr) inside ``run`` so that
 
 Exit codes: 0 success; 2 a user error (an :class:`~action_ray.errors.ActionRayError`, a bad
 command line, or an input path that does not exist or cannot be read), printed as one line that
-names the file or key; 1 an internal error (anything else, a bug), printed as one line that says
+names the file or key; 1 an internal error (anything else: a bug, or Ray or the machine failing), printed as one line that says
 so; 3 is left to verbs that finish with some inputs rejected (``ingest``); 130 on Ctrl-C.
 ``--debug`` (anywhere on the command line, or ``ACTION_RAY_DEBUG=1``) adds the traceback. Every
 message goes through :func:`action_ray.urls.redact`, so no credential reaches the terminal.
@@ -122,10 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = str(exc) if isinstance(exc, ActionRayError) else _path_error_message(exc)
         _report(f"{prefix}: error: {message}", debug)
         return EXIT_USER_ERROR
-    except Exception as exc:  # a bug: one line, the traceback only on request
+    except Exception as exc:  # unexpected (a bug, or Ray/the machine): one line, traceback on request
         first_line = (str(exc).strip().splitlines() or [""])[0]
-        _report(f"{prefix}: internal error: {type(exc).__name__}: {first_line} (a bug in action-ray: "
-                f"rerun with --debug for the traceback and report it)", debug)
+        _report(f"{prefix}: internal error: {type(exc).__name__}: {first_line} (unexpected: rerun with "
+                f"--debug for the traceback, and report it unless it is about this machine or cluster)", debug)
         return EXIT_INTERNAL_ERROR
 
 
