@@ -75,10 +75,9 @@ def test_no_secret_reaches_a_file_a_log_or_the_terminal(s3_server, tmp_path):
         keys = [o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
                 for o in page.get("Contents", [])]
         assert any(k.endswith("state.pt") for k in keys) and any(k.endswith("metrics.jsonl") for k in keys)
-        for key in keys:
-            target = bucket_copy / key
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, key, str(target))
+        bucket_copy.mkdir()
+        for index, key in enumerate(keys):  # flat names: "runs" and "runs/x" may both be objects
+            client.download_file(bucket, key, str(bucket_copy / f"{index:05d}"))
         assert list((tmp_path / "predictions").iterdir()) and (tmp_path / "evaluation").exists()
         assert any(Path(ray_tmp).rglob("*.log")), "the Ray session logs were not where this test looks"
         hits = _hits(tmp_path) + _hits(Path(ray_tmp))
