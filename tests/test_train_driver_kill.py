@@ -5,33 +5,17 @@ logged exactly once, nothing before the checkpoint trained again."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from action_ray.cli import main as cli_main
+from tests.processes import kill_tree
 from tests.test_train_ray import make_tiny_store
 
 pytestmark = pytest.mark.slow
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    try:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    os.killpg(proc.pid, signal.SIGKILL)
-    for member in family:
-        try:
-            member.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(timeout=30)
 
 
 def test_a_killed_driver_resumes_from_its_last_checkpoint(tmp_path, capsys):
@@ -57,7 +41,7 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint(tmp_path, capsys):
             pytest.fail(f"no checkpoint before the driver ended (exit code {proc.poll()}):\n"
                         + log_path.read_text()[-3000:])
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
     assert not (run_dir / "result.json").exists()
     before = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert before and before[-1] < 60
@@ -65,7 +49,8 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint(tmp_path, capsys):
     assert cli_main(argv) == 2  # a second fresh start over the run is refused
     assert "--resume" in capsys.readouterr().err
     try:
-        assert cli_main([*argv, "--resume"]) == 0
+        code = cli_main([*argv, "--resume"])
+        assert code == 0, capsys.readouterr().err[-3000:]
     finally:
         ray.shutdown()
     result = json.loads((run_dir / "result.json").read_text())

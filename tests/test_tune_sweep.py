@@ -12,6 +12,7 @@ import pytest
 
 from action_ray.cli import main as cli_main
 from action_ray.store import CaseMeta, create_store
+from tests.processes import kill_tree
 
 #: A tiny learnable store: discs (class 1) inside rings (class 2) on noise, patient-level splits.
 SPLITS = {"train": 6, "val": 2, "test": 2}
@@ -133,26 +134,6 @@ def test_tiny_sweep_completes_and_writes_results(store_url, tmp_path, capsys):
 
 
 # ------------------------------------------------------------ an interrupted sweep, resumed
-def _kill_tree(proc) -> None:
-    """SIGKILL the sweep's driver and everything it started (its local Ray included)."""
-    import os
-    import signal
-
-    import psutil
-
-    try:
-        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-    except psutil.NoSuchProcess:
-        family = []
-    os.killpg(proc.pid, signal.SIGKILL)
-    for member in family:
-        try:
-            member.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(timeout=30)
-
-
 def _run_dirs(sweep_dir):
     runs = sweep_dir / "runs"
     return sorted(runs.iterdir()) if runs.exists() else []
@@ -194,7 +175,7 @@ def test_a_sweep_killed_mid_run_resumes_keeping_finished_trials(store_url, tmp_p
             pytest.fail(f"the sweep did not reach its second trial (exit code {proc.poll()}):\n"
                         + log_path.read_text()[-3000:])
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
         log_file.close()
     (first,) = finished
     first_result = (first / "result.json").read_bytes()
@@ -204,7 +185,8 @@ def test_a_sweep_killed_mid_run_resumes_keeping_finished_trials(store_url, tmp_p
     assert cli_main(argv) == 2
     assert "--resume" in capsys.readouterr().err
     try:
-        assert cli_main([*argv, "--resume"]) == 0
+        code = cli_main([*argv, "--resume"])
+        assert code == 0, capsys.readouterr().err[-3000:]
     finally:
         ray.shutdown()
     with open(sweep_dir / "results.csv") as handle:

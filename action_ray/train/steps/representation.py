@@ -23,6 +23,7 @@ only the anatomical contrast with ``max_pixels >= C·M``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Sequence
 
@@ -45,12 +46,14 @@ def fast_representation(
     return sparse_grad_representation(head, features, size, max_pixels)
 
 
+@functools.lru_cache(maxsize=64)
 def shifted_interpolation_matrices(size_in: int, size_out: int, dtype: torch.dtype, device) -> torch.Tensor:
     """(3, size_out, size_in): 1-D align_corners=True linear interpolation, shifted by -1, 0, +1.
 
     Row ``y`` of matrix ``t`` interpolates output position ``y + t - 1`` of the up-sampled axis
     and is all zero where that position lies outside the axis: exactly the rows a 3-tap
-    convolution with zero padding reads from an up-sampled signal.
+    convolution with zero padding reads from an up-sampled signal. Cached: every step asks for
+    the same few (sizes, dtype, device), and building them means a host-to-device copy.
     """
     scale = (size_in - 1) / (size_out - 1) if size_out > 1 else 0.0
     source = torch.arange(size_out, dtype=torch.float64) * scale
@@ -119,8 +122,8 @@ def separable_representation(
             direct_channels.append((start - channels, start))
             continue
         taps = torch.einsum("dcst,bcij->bstdij", weight, f)  # (B, 3, 3, D, h, w): W_st f
-        along_x = torch.einsum("txj,bstdij->bsdix", shifted_interpolation_matrices(w, width, f.dtype, f.device), taps)
-        level = torch.einsum("syi,bsdix->bdyx", shifted_interpolation_matrices(h, height, f.dtype, f.device), along_x)
+        along_x = torch.einsum("txj,bstdij->bsdix", shifted_interpolation_matrices(w, width, f.dtype, str(f.device)), taps)
+        level = torch.einsum("syi,bsdix->bdyx", shifted_interpolation_matrices(h, height, f.dtype, str(f.device)), along_x)
         total = level if total is None else total + level
     if direct_inputs:
         inputs = torch.cat(direct_inputs, dim=1)
