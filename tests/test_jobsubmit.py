@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from action_ray.train.trainer import read_metrics, read_result
-from tests.conftest import free_port
+from tests.conftest import free_ports
 from tests.test_train_ray import make_tiny_store
 
 pytestmark = pytest.mark.slow
@@ -77,21 +77,21 @@ def stop_cluster(temp_dir: str, gcs_port: int) -> None:
 @pytest.fixture()
 def head(tmp_path):
     temp_dir = tempfile.mkdtemp(prefix="ar-ray-", dir="/tmp")  # short: Ray's socket paths have a limit
-    port, dashboard = free_port(), free_port()
+    port, dashboard, agent_http, agent_grpc, metrics, runtime_env_agent = free_ports(6)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     start = [f"{BIN}/ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
              f"--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
              "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats",
              # the agents' default ports (52365, ...) clash with any other Ray on the machine,
              # and a job agent without its HTTP server never accepts a submission
-             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-             f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+             f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env_agent}"]
     try:
         # to a file, not a pipe: the daemons `ray start` leaves behind inherit its output handles,
         # so a pipe would never reach EOF
         with open(os.path.join(temp_dir, "ray-start.log"), "w") as log:
             subprocess.run(start, env=env, check=True, stdout=log, stderr=subprocess.STDOUT, timeout=120)
-        yield f"http://127.0.0.1:{dashboard}", env, f"127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{dashboard}", env, f"127.0.0.1:{port}", temp_dir
     finally:
         stop_cluster(temp_dir, port)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -105,10 +105,13 @@ def ray_job(address: str, env: dict, *args: str, timeout: int = 120) -> str:
     return done.stdout + done.stderr
 
 
-def submit_when_ready(address: str, env: dict, entrypoint: list[str], workdir: str, runtime_env: str) -> str:
+def submit_when_ready(address: str, env: dict, entrypoint: list[str], workdir: str, runtime_env: str,
+                      deadline_s: float = 240) -> str:
     """``ray job submit --no-wait``; the head's job agent comes up a few seconds after
     ``ray start`` returns, so retry while it says so. Returns the submission id."""
-    for _ in range(40):
+    started = time.time()
+    output = ""
+    while time.time() - started < deadline_s:
         output = ray_job(address, env, "submit", "--no-wait", "--working-dir", workdir,
                          "--runtime-env-json", runtime_env, "--", *entrypoint)
         if "No available agent to submit job" not in output:
@@ -116,11 +119,42 @@ def submit_when_ready(address: str, env: dict, entrypoint: list[str], workdir: s
             assert match, output[-3000:]
             return match.group(0)
         time.sleep(3)
-    pytest.fail("the head's job agent never became available")
+    pytest.fail(f"the head's job agent never became available in {deadline_s:.0f} s:\n{output[-2000:]}")
+
+
+def head_log_tails(temp_dir: str, chars: int = 1500) -> str:
+    """The ends of the head's own logs (runtime-env agent, job supervisor/driver, raylet): what a
+    job stuck in PENDING leaves behind, so a CI failure explains itself."""
+    wanted = ("runtime_env", "job-driver", "dashboard_agent", "raylet.out", "raylet.err", "gcs_server.err")
+    parts = []
+    for root, _, files in os.walk(temp_dir):
+        for name in sorted(files):
+            if name.startswith(wanted) or any(word in name for word in wanted):
+                path = os.path.join(root, name)
+                try:
+                    with open(path, errors="replace") as handle:
+                        text = handle.read()
+                except OSError:
+                    continue
+                if text.strip():
+                    parts.append(f"--- {name} ---\n{text[-chars:]}")
+    return "\n".join(parts)
+
+
+def wait_for_job(address: str, env: dict, job_id: str, deadline_s: float) -> str:
+    """Poll ``ray job status`` until a terminal state or the deadline; returns the last status."""
+    started = time.time()
+    status = ""
+    while time.time() - started < deadline_s:
+        status = ray_job(address, env, "status", job_id)
+        if any(word in status.upper() for word in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(2)
+    return status
 
 
 def test_ray_job_submit_trains_and_writes_the_run(head, tmp_path):
-    address, env, gcs_address = head
+    address, env, gcs_address, temp_dir = head
     store = str(tmp_path / "store.zarr")
     make_tiny_store(store)
     storage = str(tmp_path / "runs")
@@ -134,14 +168,13 @@ def test_ray_job_submit_trains_and_writes_the_run(head, tmp_path):
     runtime_env = json.dumps({"env_vars": {"RAY_ADDRESS": gcs_address}})
     started = time.time()
     job_id = submit_when_ready(address, env, entrypoint, str(workdir), runtime_env)
-    status = ""
-    while time.time() - started < 400:
-        status = ray_job(address, env, "status", job_id)
-        if any(word in status for word in ("SUCCEEDED", "succeeded", "FAILED", "failed", "STOPPED")):
-            break
-        time.sleep(2)
+    submitted = time.time()
+    # 27 s on an idle 2-core machine; the deadline leaves room for a slow, shared CI runner
+    status = wait_for_job(address, env, job_id, deadline_s=600)
     logs = ray_job(address, env, "logs", job_id)
-    assert "succeeded" in status.lower(), status[-2000:] + logs[-4000:]
+    assert "succeeded" in status.lower(), (
+        f"submitted after {submitted - started:.0f} s, waited {time.time() - submitted:.0f} s\n"
+        + status[-2000:] + logs[-4000:] + "\n" + head_log_tails(temp_dir))
     run_dir = f"{storage}/submitted"
     result = read_result(run_dir)
     assert result is not None and result["stage"] == "ft" and result["step"] == 3
