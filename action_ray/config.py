@@ -385,6 +385,11 @@ class FineTuneConfig(_Section):
     warp_epsilon: float = Field(1.5, ge=0)
     warp_labels: bool = True
     geo_aug: bool = True  # Part A A3: rot90 + flip + small rotation (published code: none)
+    scale_range: tuple[float, float] = Field(
+        (1.0, 1.0),
+        description="with geo_aug, zoom factor range (log-uniform; (1, 1): no zoom, the published recipe)",
+    )
+    scale_p: float = Field(0.5, ge=0, le=1, description="probability of the zoom per image")
     ema_steps_per_iter: Literal[1, 2] = 1
     teacher_eval: bool = False
 
@@ -394,6 +399,9 @@ class FineTuneConfig(_Section):
             raise ValueError(
                 f"ft.weak_threshold={self.weak_threshold} must be <= ft.strong_threshold={self.strong_threshold}"
             )
+        low, high = self.scale_range
+        if not 0 < low <= high:
+            raise ValueError(f"ft.scale_range must be [low, high] with 0 < low <= high; got {list(self.scale_range)}")
         return self
 
 

@@ -88,3 +88,30 @@ def test_random_rotation_keeps_labels_aligned_and_in_the_label_set(shape):
     assert ones.any() and torch.all(out_labels[ones] == 3)
     still, still_labels, _ = random_rotation(images, labels, max_degrees=0.0, p=1.0)
     assert torch.allclose(still, images, atol=1e-5) and torch.equal(still_labels, labels)
+
+
+def test_zoom_magnifies_about_the_centre_and_moves_labels_with_the_image():
+    images = torch.zeros(2, 1, 32, 32)
+    images[..., 12:20, 12:20] = 1.0  # an 8 × 8 square at the centre
+    labels = (images[:, 0] > 0).long() * 2
+    out, out_labels, _ = rotate(images, torch.zeros(2), labels, scales=torch.tensor([2.0, 0.5]))
+    assert out_labels[0].eq(2).sum() == 16 * 16 and out_labels[1].eq(2).sum() == 4 * 4
+    assert torch.equal(out_labels[0, 8:24, 8:24], torch.full((16, 16), 2))  # still centred
+    assert torch.all(out[:, 0][out_labels == 2] > 0.5) and torch.all(out[:, 0][out_labels == 0] < 0.5)
+
+
+def test_random_zoom_draws_scales_in_range_and_leaves_the_stream_alone_when_off():
+    images = torch.zeros(64, 1, 33, 33)
+    images[..., 12:21, 12:21] = 1.0
+    labels = (images[:, 0] > 0).long()
+    _, zoomed, _ = random_rotation(images, labels, max_degrees=0.0, p=0.0, scale_range=(0.7, 1.4),
+                                   scale_p=1.0, generator=torch.Generator().manual_seed(1))
+    areas = zoomed.sum(dim=(1, 2)).float() / labels[0].sum()
+    assert areas.min() >= 0.7**2 * 0.7 and areas.max() <= 1.4**2 * 1.3  # area ∝ scale², ±1 px rims
+    assert areas.min() < 0.8 and areas.max() > 1.4  # both ends of the range are reached
+    plain = random_rotation(images, labels, max_degrees=20, p=0.5, generator=torch.Generator().manual_seed(2))
+    unit = random_rotation(images, labels, max_degrees=20, p=0.5, generator=torch.Generator().manual_seed(2),
+                           scale_range=(1.0, 1.0))
+    assert torch.equal(plain[0], unit[0]) and torch.equal(plain[1], unit[1])
+    with pytest.raises(ValueError, match="scale_range"):
+        random_rotation(images, labels, scale_range=(1.2, 0.9))

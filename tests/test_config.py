@@ -105,6 +105,7 @@ def test_unknown_key_names_it_and_suggests_the_closest(override, expected):
         (["method=mean_teacher", "stages=[p1,p2,ft]"], r"method=mean_teacher trains one stage"),
         (["stages=[ft,p1]"], r"in the order p1, p2, ft"),
         (["ft.weak_threshold=0.99"], r"weak_threshold=0.99 must be <= ft\.strong_threshold"),
+        (["ft.scale_range=[1.2,0.9]"], r"ft\.scale_range must be \[low, high\] with 0 < low <= high"),
         (["schedule.p1.nesterov=true", "schedule.p1.momentum=0"], r"nesterov=true needs momentum > 0"),
         (["train.report_every=30"], r"checkpoint_every=1000 must be a multiple of train\.report_every=30"),
         (["data.slice_size.x=3"], r"data\.slice_size"),

@@ -246,3 +246,18 @@ def test_two_gloo_ranks_keep_identical_models_and_banks(tmp_path):
             assert torch.equal(a[key], b[key]), f"{stage}: bank {key} differs between ranks"
     # the global bank received 2 steps x 2 ranks x 4 keys; the pixel bank 2 ranks' samples per step
     assert int(ranks[0]["ft"]["filled"].min()) == 2 * 2 * 32
+
+
+def test_zoom_setting_reaches_the_labelled_and_the_unlabelled_augmentation():
+    config = load_config("cpu-demo", ["train.num_workers=1", "data.slice_size=32", "ft.scale_range=[0.7,1.4]",
+                                       "ft.scale_p=0.25"])
+    state = build_state(config, 4, "cpu", "ft")
+    for augment in (state.weak_augment, state.strong_augment):
+        assert augment.geo_aug and augment.geometric.scale_range == (0.7, 1.4)
+        assert augment.geometric.scale_p == 0.25
+    images = torch.zeros(16, 1, 32, 32)
+    images[..., 12:20, 12:20] = 1.0
+    labels = (images[:, 0] > 0).long()
+    _, zoomed = state.weak_augment(images, labels, state.generator)
+    areas = zoomed.sum(dim=(1, 2)).float() / 64  # a rotation alone keeps the area within ±15 %
+    assert areas.max() > 1.3 and areas.min() < 0.75  # some magnified, some shrunk

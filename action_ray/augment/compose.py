@@ -31,17 +31,23 @@ def _check_probability(owner: str, name: str, value: float) -> None:
 @dataclass(frozen=True)
 class GeometricAugment:
     """rot90 + flip (w.p. ``rot_flip_p``), then a rotation in ±``max_degrees`` (w.p.
-    ``rotation_p``), each decided per image; shared by the strong and the weak augmentation."""
+    ``rotation_p``) and a zoom log-uniform in ``scale_range`` (w.p. ``scale_p``), each decided
+    per image; shared by the strong and the weak augmentation. The default ``scale_range``
+    (1, 1) is no zoom."""
 
     rot_flip_p: float = 0.5
     rotation_p: float = 0.5
     max_degrees: float = 20.0
+    scale_range: Range = (1.0, 1.0)
+    scale_p: float = 0.5
 
     def __post_init__(self) -> None:
         _check_probability("geometric", "rot_flip_p", self.rot_flip_p)
         _check_probability("geometric", "rotation_p", self.rotation_p)
+        _check_probability("geometric", "scale_p", self.scale_p)
         if not 0.0 <= self.max_degrees <= 180.0:
             raise ValueError(f"geometric.max_degrees must be in [0, 180]; got {self.max_degrees}")
+        check_range("geometric.scale_range", self.scale_range, positive=True)
 
     def __call__(
         self,
@@ -51,7 +57,8 @@ class GeometricAugment:
         generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         images, labels, conf = random_rot_flip(images, labels, conf, self.rot_flip_p, generator)
-        return random_rotation(images, labels, conf, self.max_degrees, self.rotation_p, generator)
+        return random_rotation(images, labels, conf, self.max_degrees, self.rotation_p, generator,
+                               scale_range=tuple(self.scale_range), scale_p=self.scale_p)
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,15 @@
-"""Geometric augmentation (flag ``geo_aug``, method.md A3 / §10.7): rot90 + flip and rotation.
+"""Geometric augmentation (flag ``geo_aug``, method.md A3 / §10.7): rot90 + flip, rotation, zoom.
 
 The published 2-D code has these SSL4MIS transforms commented out; ACTION++ and the SSL4MIS
 papers state them, so action-ray offers them on the device, per image, without a loop:
 
 * the 8 rot90/flip combinations (the dihedral group of the square) are pixel permutations,
   precomputed once as flat index maps and applied to the batch with one ``gather``;
-* a small rotation is an ``affine_grid`` + ``grid_sample`` with per-image angles (bilinear
-  for images, nearest for labels and confidences).
+* a small rotation, optionally with an isotropic zoom (``scale_range``), is one
+  ``affine_grid`` + ``grid_sample`` with per-image angles and scales (bilinear for images,
+  nearest for labels and confidences), so a rotated and zoomed image is resampled once.
+  A zoom shows a few labelled hearts at the sizes of the subjects nobody labelled (a small
+  hypertrophic heart at end-systole next to a dilated one).
 
 In 3-D both act in the axial (H, W) plane of every depth slice, as the LA pipeline's rot90/flip
 does (§2.4).
@@ -112,8 +115,10 @@ def rotate(
     angles: torch.Tensor,
     labels: torch.Tensor | None = None,
     conf: torch.Tensor | None = None,
+    scales: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Rotate sample i by ``angles[i]`` radians about the centre of its (H, W) plane.
+    """Rotate sample i by ``angles[i]`` radians about the centre of its (H, W) plane, and
+    zoom it by ``scales[i]`` (> 1 magnifies: structures appear larger; None: no zoom).
 
     Positive angles turn the way ``torch.rot90(x, 1, dims=(-2, -1))`` does (counter-clockwise
     as displayed with row 0 on top); an angle of π/2 reproduces it on a square image.
@@ -128,6 +133,8 @@ def rotate(
     check_maps(images, conf, "conf")
     height, width = images.shape[-2:]
     cos, sin = torch.cos(angles), torch.sin(angles)
+    if scales is not None:  # output pixel p samples the input at R·p / s
+        cos, sin = cos / scales, sin / scales
     zero = torch.zeros_like(cos)
     rows = [
         [cos, -sin * (height / width)] + [zero] * (ndim - 1),
@@ -159,15 +166,33 @@ def random_rotation(
     max_degrees: float = 20.0,
     p: float = 0.5,
     generator: torch.Generator | None = None,
+    scale_range: tuple[float, float] = (1.0, 1.0),
+    scale_p: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """With probability p per image, rotate by an angle ~ U[−max_degrees, max_degrees]."""
+    """With probability p per image, rotate by an angle ~ U[−max_degrees, max_degrees]; with
+    probability ``scale_p`` (independently), zoom by a factor log-uniform in ``scale_range``.
+
+    With ``scale_range=(1, 1)`` no zoom numbers are drawn, so the random stream (and every
+    result) is the same as without the zoom option.
+    """
     spatial_ndim(images)
     if max_degrees < 0:
         raise ValueError(f"max_degrees must be >= 0; got {max_degrees}")
+    low, high = scale_range
+    if not 0 < low <= high:
+        raise ValueError(f"scale_range must be 0 < low <= high; got {scale_range}")
     draws = uniform((images.shape[0], 2), images, generator)  # apply, angle
     angles = math.radians(max_degrees) * (2 * draws[:, 1] - 1)
-    rotated = rotate(images, angles, labels, conf)
     apply = draws[:, 0] < p
+    scales = None
+    if (low, high) != (1.0, 1.0):
+        zoom = uniform((images.shape[0], 2), images, generator)  # apply, log-scale
+        zoomed = zoom[:, 0] < scale_p
+        log_scale = math.log(low) + (math.log(high) - math.log(low)) * zoom[:, 1]
+        scales = torch.where(zoomed, torch.exp(log_scale), torch.ones_like(log_scale))
+        angles = torch.where(apply, angles, torch.zeros_like(angles))
+        apply = apply | zoomed
+    rotated = rotate(images, angles, labels, conf, scales)
     return (
         select_per_sample(apply, rotated[0], images),
         select_per_sample(apply, rotated[1], labels),

@@ -165,8 +165,13 @@ def strong_augment_from(config: Config, num_classes: int) -> StrongAugment:
         contrast=ft.jitter_range, clamp=(0.0, 1.0) if config.data.dims == 2 else None,
         blur_p=ft.blur_p, blur_sigma=ft.blur_sigma, warp_p=ft.warp_p if config.data.dims == 2 else 0.0,
         warp_epsilon=ft.warp_epsilon, warp_labels=ft.warp_labels, geo_aug=ft.geo_aug,
-        geometric=GeometricAugment(),
+        geometric=geometric_augment_from(config),
     )
+
+
+def geometric_augment_from(config: Config) -> GeometricAugment:
+    """The rot90/flip/rotation/zoom settings shared by the labelled and unlabelled batches."""
+    return GeometricAugment(scale_range=tuple(config.ft.scale_range), scale_p=config.ft.scale_p)
 
 
 def num_local_patches(config: Config) -> int:
@@ -220,7 +225,7 @@ def _assemble(
         optimizer=optimizer, scheduler=scheduler, generator=generator,
         forwards=_forwards(model, config.train.compile),
         strong_augment=strong_augment_from(config, num_classes),
-        weak_augment=WeakAugment(geo_aug=config.ft.geo_aug),
+        weak_augment=WeakAugment(geo_aug=config.ft.geo_aug, geometric=geometric_augment_from(config)),
         **banks,
     )
 
