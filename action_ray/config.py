@@ -3,8 +3,9 @@
 Why pydantic with ``extra="forbid"``: a misspelt key in a 30 000-iteration GPU job must fail at
 submission, not be ignored. Every default is the published value (method.md Part B §9), except
 where Part A (A3) deliberately departs; those departures are named options
-(``distill.teacher_head``, ``distill.local_layout``, ``ft.warp_labels``, ``ft.ema_steps_per_iter``,
-``ft.geo_aug``, ``ft.anco_negatives``, ``ft.teacher_eval``).
+(``distill.local_layout``, ``ft.warp_labels``, ``ft.ema_steps_per_iter``, ``ft.geo_aug``,
+``ft.anco_negatives``, ``ft.teacher_eval``). ``distill.teacher_head`` was one; it is back at the
+published ``grad`` since the validation protocol chose it (docs/tune.md), ``ema`` stays an option.
 
 Sources, in order: the defaults below, a YAML file (or a packaged preset name such as
 ``cpu-demo``, ``acdc-2d``, ``la-3d``), then ``a.b.c=value`` overrides whose values are parsed as
@@ -342,7 +343,7 @@ class DistillConfig(_Section):
     bank_batches: int | None = Field(None, ge=1, description="K = bank_batches × global batch (§A2: 6)")
     bank_size: int | None = Field(None, ge=1, description="explicit K (instead of bank_batches)")
     local_layout: Literal["per_position", "faithful"] = "per_position"
-    teacher_head: Literal["ema", "grad"] = "ema"
+    teacher_head: Literal["ema", "grad"] = "grad"  # published; won the protocol (docs/tune.md)
     shuffle_bn: bool = False
     jitter_range: tuple[float, float] = Field((0.8, 1.2), description="brightness/contrast factors")
     jitter_p: float = Field(0.5, ge=0, le=1)

@@ -38,7 +38,7 @@ def test_defaults_are_the_papers_section_9_values():
     assert cfg.train.seed == 1337 and cfg.train.checkpoint_every == 1000
     assert (cfg.mean_teacher.consistency, cfg.mean_teacher.rampup_fraction) == (0.1, 1.0)
     # Part A (A3) departures are the defaults, each a named option.
-    assert (d.teacher_head, d.local_layout, d.shuffle_bn) == ("ema", "per_position", False)
+    assert (d.teacher_head, d.local_layout, d.shuffle_bn) == ("grad", "per_position", False)
     assert (f.warp_labels, f.geo_aug, f.ema_steps_per_iter) == (True, True, 1)
     assert (f.anco_negatives, f.teacher_eval) == ("batch", False)
 

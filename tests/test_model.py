@@ -239,7 +239,7 @@ def test_ema_buffers_averages_running_stats_and_copies_counters():
 
 
 def test_action_model_teacher_never_gets_grads_and_ema_heads_follow():
-    model = build_action_model("cpu", num_classes=4)
+    model = build_action_model("cpu", num_classes=4, teacher_head="ema")
     groups = model.param_groups("p2")
     opt = torch.optim.SGD(groups, lr=0.1)
     x = torch.randn(2, 1, 32, 32)
@@ -260,7 +260,8 @@ def test_action_model_teacher_never_gets_grads_and_ema_heads_follow():
         torch.testing.assert_close(k, 0.5 * kb + 0.5 * qn)
 
 
-def test_grad_mode_trains_k_heads_through_target():
+def test_grad_mode_is_the_default_and_trains_k_heads_through_target():
+    assert build_action_model("cpu", num_classes=4).teacher_head == "grad"
     model = build_action_model("cpu", num_classes=4, teacher_head="grad")
     names = {id(p) for p in model.param_groups("p1")[1]["params"]}
     assert all(id(p) in names for p in model.global_k.parameters())
@@ -314,8 +315,9 @@ def test_action_model_state_dict_round_trip():
     torch.testing.assert_close(a.teacher(x).logits, b.teacher(x).logits, rtol=0, atol=0)
 
 
-def test_hand_offs_reset_heads_and_copy_student():
-    model = build_action_model("cpu", num_classes=4)
+@pytest.mark.parametrize("teacher_head", ["ema", "grad"])
+def test_hand_offs_reset_heads_and_copy_student(teacher_head):
+    model = build_action_model("cpu", num_classes=4, teacher_head=teacher_head)
     model.update_teacher(0.0)
     with torch.no_grad():
         for p in model.student.parameters():
@@ -325,7 +327,9 @@ def test_hand_offs_reset_heads_and_copy_student():
     before = model.global_q.fc1.weight.clone()
     model.reset_heads()
     assert not torch.equal(before, model.global_q.fc1.weight)
-    assert torch.equal(model.global_k.fc1.weight, model.global_q.fc1.weight)
+    # ema: the k-heads restart as copies of the q-heads; grad: they get their own initialisation
+    same = torch.equal(model.global_k.fc1.weight, model.global_q.fc1.weight)
+    assert same == (teacher_head == "ema")
     assert isinstance(model, ActionModel)
 
 

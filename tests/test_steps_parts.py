@@ -191,9 +191,13 @@ def test_channels_last_gives_the_same_losses(stage):
         without_dropout(state.model)  # bernoulli fills in memory order: the masks would differ
         step, batch = (p2_step, pretrain_batch()) if stage == "p2" else (ft_step, ft_batch())
         results.append([step(state, batch, config) for _ in range(2)])
-    for eager, last in zip(*results):
+    # step 1 sees identical weights; step 2 follows an optimiser step whose gradients differ by
+    # the summation order of channels-last convolutions, and the trained teacher heads
+    # (teacher_head=grad) scale that by 1/T_t = 100 in the sharp teacher softmax
+    for step, (eager, last) in enumerate(zip(*results), start=1):
         for key in eager:
-            torch.testing.assert_close(last[key], eager[key], rtol=1e-4, atol=1e-5)
+            rtol, atol = (1e-4, 1e-5) if step == 1 else (1e-3, 1e-4)
+            torch.testing.assert_close(last[key], eager[key], rtol=rtol, atol=atol, msg=f"step {step} {key}")
 
 
 def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:

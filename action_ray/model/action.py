@@ -10,11 +10,11 @@ Contents (method.md Part B §3.3, §4, Part A A3):
 
 ``teacher_head`` chooses how the teacher's k-heads learn:
 
-* ``"ema"`` (default): k-heads start as copies of the q-heads and follow them by EMA with the
-  backbone; they are frozen and the distillation target is meant to be detached (ISD design,
-  numerically safe at T_t = 0.01);
-* ``"grad"`` (published 2-D code): k-heads are separately initialised, trainable, and learn only
-  through the (non-detached) KL target; no EMA.
+* ``"grad"`` (default, the published 2-D code): k-heads are separately initialised, trainable,
+  and learn only through the (non-detached) KL target; no EMA. It won the validation protocol
+  (docs/tune.md, "Choosing the defaults") on every draw;
+* ``"ema"``: k-heads start as copies of the q-heads and follow them by EMA with the backbone;
+  they are frozen and the distillation target is detached (ISD design). Kept as an option.
 
 The memory banks are separate modules (`action_ray.bank`), because their size depends on the
 global batch, not on the model.
@@ -60,7 +60,7 @@ class ActionModel(nn.Module):
         global_pool: int = 1,
         local_pool: int = 8,
         representation_dim: int = 512,
-        teacher_head: str = "ema",
+        teacher_head: str = "grad",
     ) -> None:
         super().__init__()
         if teacher_head not in TEACHER_HEAD_MODES:

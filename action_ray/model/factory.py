@@ -97,7 +97,7 @@ def build_action_model(
     num_classes: int,
     dims: int = 2,
     in_channels: int = 1,
-    teacher_head: str = "ema",
+    teacher_head: str = "grad",
     heads: HeadSizes | None = None,
 ) -> ActionModel:
     """Student UNet + EMA teacher + all heads, sized by ``preset`` (heads overridable)."""
