@@ -177,3 +177,24 @@ def test_dry_run_prints_the_plan_and_writes_nothing(run_with_store, tmp_path, ca
     assert plan["run_name"] == "plan" and plan["stages"] == {"p1": 100, "p2": 100, "ft": 100}
     assert plan["labelled_cases"] == 1 and plan["unlabelled_cases"] == 1 and plan["num_classes"] == 4
     assert not storage.exists()
+
+
+def test_resume_checks_the_checkpoint_ray_resumes_from_not_a_half_copied_newer_one(tmp_path):
+    """A driver killed while Ray copied a checkpoint leaves a newer folder with ``meta.json``
+    and no weights; Ray resumes from the one its snapshot names, and so does the preflight."""
+    from action_ray.train.checkpoint import META_FILE
+    from action_ray.train.trainer import RAY_CHECKPOINT_SNAPSHOT, latest_ray_checkpoint
+
+    run = tmp_path / "run"
+    assert latest_ray_checkpoint(str(run)) is None
+    older, newer = run / "checkpoint_2026-12-07_10-00-00.000000", run / "checkpoint_2026-12-07_10-00-05.000000"
+    for folder in (older, newer):
+        folder.mkdir(parents=True)
+        (folder / META_FILE).write_text("{}")
+    (older / "state.pt").write_bytes(b"weights")
+    assert latest_ray_checkpoint(str(run)) is None  # no snapshot: Ray registered none, starts afresh
+    snapshot = {"checkpoint_results": [], "latest_checkpoint_result": {"checkpoint_dir_name": older.name}}
+    (run / RAY_CHECKPOINT_SNAPSHOT).write_text(json.dumps(snapshot))
+    assert latest_ray_checkpoint(str(run)) == str(older)
+    (run / RAY_CHECKPOINT_SNAPSHOT).write_text("{not json")  # unreadable: fall back, do not fail
+    assert latest_ray_checkpoint(str(run)) == str(newer)

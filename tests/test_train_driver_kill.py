@@ -34,7 +34,8 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint(tmp_path, capsys):
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:
-            if run_dir.exists() and any(p.name.startswith("checkpoint_") for p in run_dir.iterdir()):
+            # Ray writes its snapshot once a checkpoint's upload is complete: kill after that
+            if (run_dir / "checkpoint_manager_snapshot.json").exists():
                 break
             time.sleep(0.1)
         else:

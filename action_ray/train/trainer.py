@@ -310,20 +310,47 @@ def check_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None)
 
 
 def latest_ray_checkpoint(run_dir: str) -> str | None:
-    """The newest complete ``checkpoint_*`` folder Ray Train will resume from, if any.
+    """The ``checkpoint_*`` folder Ray Train will resume from, if any.
 
-    Ray names them ``checkpoint_<timestamp>``, so the name order is the time order.
+    That is the one Ray's own ``checkpoint_manager_snapshot.json`` names as its latest: Ray
+    writes the snapshot only after a checkpoint's upload has finished, so a folder that a
+    killed driver left half-copied (its ``meta.json`` may arrive before its weights) is never
+    it. No snapshot: Ray registered no checkpoint and starts afresh, so None. A snapshot that
+    cannot be read: the newest folder holding ``meta.json`` (names are ``checkpoint_<timestamp>``,
+    so the name order is the time order).
     """
     from action_ray.train.checkpoint import META_FILE
 
     fs, root = filesystem_for(run_dir)
     if not fs.exists(root):
         return None
+    if not fs.exists(f"{root}/{RAY_CHECKPOINT_SNAPSHOT}"):
+        return None  # Ray registered no checkpoint: it starts the run afresh, whatever folders exist
+    named = _snapshot_latest_checkpoint(fs, root)
+    if named is not None and fs.exists(f"{root}/{named}/{META_FILE}"):
+        return f"{run_dir.rstrip('/')}/{named}"
     names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
     for name in reversed([n for n in names if n.startswith("checkpoint_")]):
         if fs.exists(f"{root}/{name}/{META_FILE}"):
             return f"{run_dir.rstrip('/')}/{name}"
     return None
+
+
+RAY_CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _snapshot_latest_checkpoint(fs: Any, root: str) -> str | None:
+    """``latest_checkpoint_result.checkpoint_dir_name`` of Ray's snapshot, or None when the
+    snapshot is missing, unreadable or names no checkpoint (older Ray layouts)."""
+    path = f"{root}/{RAY_CHECKPOINT_SNAPSHOT}"
+    try:
+        with fs.open(path, "r") as handle:
+            snapshot = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    latest = snapshot.get("latest_checkpoint_result") if isinstance(snapshot, dict) else None
+    name = latest.get("checkpoint_dir_name") if isinstance(latest, dict) else None
+    return name if isinstance(name, str) and name.startswith("checkpoint_") else None
 
 
 def _write_run_curves(plan: RunPlan, log: Callable[[str], None]) -> None:
