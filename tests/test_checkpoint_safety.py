@@ -120,6 +120,9 @@ def test_init_from_and_resume_are_refused_before_ray(run_with_store, tmp_path, c
     resumed = tmp_path / "runs" / "resumed"
     ray_ckpt = resumed / "checkpoint_2026-01-01_00-00-00.000000"
     shutil.copytree(checkpoint, ray_ckpt)
+    # Ray resumes from the checkpoint its snapshot names (written once the upload is complete)
+    (resumed / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": ray_ckpt.name}}))
     config = tiny_config(store.url, **{"method": "supervised", "eval.val_every": "0",
                                        "train.storage_path": str(tmp_path / "runs"), "train.run_name": "resumed"})
     config.dump(str(resumed / "config.yaml"))

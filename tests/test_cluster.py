@@ -184,3 +184,16 @@ def test_every_placeholder_is_explained_in_the_readme():
             continue
         for placeholder in set(re.findall(r"REPLACE_ME_[A-Z_]+", path.read_text())):
             assert placeholder in readme, f"{placeholder} ({path.name}) is not explained in README.md"
+
+
+def test_ingest_job_submits_a_valid_ray_scheduled_ingest():
+    """The job example's ``action-ray ingest`` words parse with the real CLI and use Ray."""
+    from action_ray.cli import build_parser
+
+    text = (CLUSTER / "ingest-job.sh").read_text()
+    command = text[text.index("action-ray ingest"):].split("\n")[0]
+    words = shlex.split(command.replace('"$SRC"', "s3://b/raw").replace('"$DST"', "s3://b/x.zarr")
+                        .replace('"$LAYOUT"', "acdc"))
+    args = build_parser().parse_args(words[1:])
+    assert (args.scheduler, args.layout, args.src, args.dst) == ("ray", "acdc", "s3://b/raw", "s3://b/x.zarr")
+    assert "--runtime-env cluster/runtime_env.yaml" in text and "set -euo pipefail" in text

@@ -91,3 +91,19 @@ def test_s3_to_s3_with_storage_options(s3_server, acdc_on_s3):
     assert failed.returncode == 2, failed.stdout + failed.stderr
     assert "no-such-bucket-x2" in failed.stderr and "Traceback" not in failed.stderr
     assert_no_secrets(failed, s3_server)
+
+
+def test_s3_to_s3_on_ray_with_storage_options(s3_server, acdc_on_s3):
+    """The Ray scheduler's tasks get the storage options with the task (no AWS_* in their
+    environment) and write the same store; nothing secret reaches the output."""
+    bucket, written = acdc_on_s3
+    options = [f"--storage-option=endpoint_url={s3_server.endpoint_url}", f"--storage-option=key={s3_server.access_key}",
+               f"--storage-option=secret={s3_server.secret_key}",
+               f"--storage-option=client_kwargs.region_name={s3_server.region}"]
+    env = {k: v for k, v in clean_env().items() if k != "RAY_ADDRESS"}
+    result = run_cli([f"s3://{bucket}/raw/ACDC", f"s3://{bucket}/stores/ray.zarr", "--layout", "acdc",
+                      "--scheduler", "ray", "--workers", "2", *options], env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 written" in result.stdout and "starting a local Ray" in result.stdout
+    assert_no_secrets(result, s3_server)
+    assert_store_matches(f"s3://{bucket}/stores/ray.zarr", s3_server, written)

@@ -14,7 +14,9 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import asdict
 
 from action_ray.errors import ActionRayError
 from action_ray.ingest.layouts import LAYOUTS
@@ -30,8 +32,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--recipe", help="dataset recipe name (acdc, lits, msd, phantom-cardiac, phantom-liver) "
                         "or path to a recipe.yaml; default: the layout's own (required for --layout folder)")
     parser.add_argument("--workers", type=int, default=2, help="cases processed in parallel (default 2)")
-    parser.add_argument("--scheduler", default="threads", choices=("threads", "processes", "sync"),
-                        help="dask scheduler for the workers (default threads: measured fastest, see bench ingest)")
+    parser.add_argument("--scheduler", default="threads", choices=("threads", "processes", "sync", "ray"),
+                        help="dask scheduler for the workers (default threads: measured fastest, see bench "
+                             "ingest); ray: the Ray cluster in RAY_ADDRESS, one case per CPU on every node "
+                             "(a local Ray of --workers CPUs when RAY_ADDRESS is unset)")
     parser.add_argument("--storage-option", dest="storage_options", action="append", default=[],
                         metavar="KEY=VALUE", help="fsspec/s3fs option for SRC and DST, repeatable "
                         "(e.g. endpoint_url=http://127.0.0.1:9000); AWS_* env vars also work")
@@ -43,6 +47,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(2-D training) or 3-D patches; default from the recipe")
     parser.add_argument("--csv", default="cases.csv", help="--layout folder: CSV name inside SRC (default cases.csv)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bar")
+    parser.add_argument("--report", metavar="FILE", help="also write one JSON line per case (status, reason, "
+                        "seconds, and the node that ran it) to this local file")
 
 
 def mask_secrets(text: str, storage_options: dict) -> str:
@@ -70,4 +76,10 @@ def run(args: argparse.Namespace) -> int:
     except ActionRayError as exc:
         raise type(exc)(mask_secrets(str(exc), options.storage_options)) from None
     print(mask_secrets(format_report(report), options.storage_options), flush=True)
+    if args.report:
+        from action_ray.files import write_atomic
+
+        lines = [json.dumps(asdict(result), sort_keys=True) for result in report.results]
+        write_atomic(args.report, mask_secrets("".join(line + "\n" for line in lines), options.storage_options))
+        print(f"per-case report: {args.report}", flush=True)
     return report.exit_code

@@ -5,6 +5,12 @@ the source and the store itself, loads exactly one case, validates it, writes it
 store's atomic ``write_case`` and returns a few numbers (:class:`CaseResult`). Dask's local
 schedulers run at most ``workers`` tasks at once, so peak memory is about ``workers`` cases.
 
+``scheduler="ray"`` runs the same graph on the Ray cluster in ``RAY_ADDRESS`` (dask-on-Ray),
+or on a local Ray of ``workers`` CPUs when none is set. Each case task asks for one CPU, so a
+node holds at most as many cases as it has CPUs; a task lost with its node is retried
+elsewhere (the store removes that case's leftover before writing it again), and a case whose
+task still cannot finish is reported as skipped like any bad case.
+
 Resuming is the default: complete cases are listed once from the store and never re-read,
 leftovers of a killed run are removed first, and ``overwrite=True`` is the only way to rewrite
 a complete case. A run on a finished store therefore only lists the source and the store.
@@ -13,6 +19,7 @@ a complete case. A run on a finished store therefore only lists the source and t
 from __future__ import annotations
 
 import json
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,7 +35,9 @@ from action_ray.urls import filesystem_for, redact, storage_advice
 
 #: Exit code of a run that finished but skipped bad cases (2 is reserved for errors that stop it).
 EXIT_SKIPPED_CASES = 3
-SCHEDULERS = ("threads", "processes", "sync")
+SCHEDULERS = ("threads", "processes", "sync", "ray")
+#: Attempts Ray makes at a case whose worker or node died (the case's own errors are not retried).
+RAY_CASE_RETRIES = 3
 
 
 @dataclass
@@ -77,6 +86,7 @@ class CaseResult:
     bytes_read: int = 0
     voxels: int = 0
     seconds: float = 0.0
+    node: str = ""                # where it ran: the Ray node id, or the host name
 
 
 @dataclass
@@ -110,8 +120,24 @@ def _store(dst_url: str, options_json: str):
     return open_store(dst_url, storage_options=json.loads(options_json))
 
 
+def worker_node() -> str:
+    """The Ray node id when running in a Ray task, else the host name."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
+
+
 def ingest_case(task: CaseTask) -> CaseResult:
     """Load, validate and write one case; any problem becomes a ``failed`` result, not a crash."""
+    result = _ingest_case(task)
+    result.node = worker_node()
+    return result
+
+
+def _ingest_case(task: CaseTask) -> CaseResult:
     from action_ray.store import CaseMeta
 
     started = time.perf_counter()
@@ -252,7 +278,10 @@ def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> In
     n_complete = len(existing)
     say(f"{len(collection.cases)} cases found ({options.layout}, recipe {recipe.name}); {n_complete} cases already complete; "
         f"{len(tasks)} to ingest with {options.workers} {options.scheduler} worker(s)")
-    if tasks:
+    if tasks and options.scheduler == "ray":
+        results += compute_on_ray(tasks, options, say)
+        store.finalize()
+    elif tasks:
         delayed = [dask.delayed(ingest_case, pure=False)(task) for task in tasks]
         compute_kwargs: dict[str, Any] = {"scheduler": options.scheduler}
         if options.scheduler != "sync":
@@ -268,10 +297,54 @@ def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> In
     return IngestReport(results, notes, time.perf_counter() - started)
 
 
+def compute_on_ray(tasks: list[CaseTask], options: IngestOptions, say: Callable[[str], None]) -> list[CaseResult]:
+    """Run one ``ingest_case`` per task on Ray through dask-on-Ray; results in task order.
+
+    The graph is submitted with ``ray_persist`` so the driver gets object references back and
+    can show progress as cases finish instead of waiting for all of them. A task that Ray
+    gives up on (its node or worker died ``RAY_CASE_RETRIES`` times) becomes a ``failed``
+    case naming the reason; the run goes on, and a later run picks the case up again.
+    """
+    import dask
+    import ray
+    from ray.util.dask import ray_dask_get
+    from tqdm import tqdm
+
+    from action_ray.ray_session import connect_or_start
+
+    connect_or_start(max(1, options.workers), log=say, reason="ingest: one case per CPU")
+    delayed = [dask.delayed(ingest_case, pure=False)(task) for task in tasks]
+    refs = list(dask.compute(*delayed, scheduler=ray_dask_get, ray_persist=True,
+                             ray_remote_args={"num_cpus": 1, "max_retries": RAY_CASE_RETRIES}))
+    position = {ref: i for i, ref in enumerate(refs)}
+    results: list[CaseResult | None] = [None] * len(refs)
+    pending = list(refs)
+    with tqdm(total=len(refs), unit="case", desc="ingest", disable=not options.progress, file=sys.stderr) as bar:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            for ref in done:
+                i = position[ref]
+                try:
+                    results[i] = ray.get(ref)
+                except Exception as exc:  # the task itself never raises: this is Ray losing it
+                    case = tasks[i].case
+                    reason = (f"{case.image}: the Ray task did not finish after {RAY_CASE_RETRIES} retries "
+                              f"({type(exc).__name__}); run the same command again to retry it")
+                    results[i] = CaseResult(case.case_id, "failed", case.image, reason=redact(reason))
+            bar.update(len(done))
+    return [r for r in results if r is not None]
+
+
 def format_report(report: IngestReport) -> str:
     """The end-of-run summary: counts, throughput, then one line per skipped case."""
     lines = [f"ingest finished in {report.seconds:.1f} s: {report.count('written')} written, "
              f"{report.count('complete')} already complete, {report.count('failed')} skipped (bad input)"]
+    nodes: dict[str, int] = {}
+    for result in report.results:
+        if result.status == "written" and result.node:
+            nodes[result.node] = nodes.get(result.node, 0) + 1
+    if len(nodes) > 1:
+        lines.append("written per node: " + ", ".join(f"{node[:12]} {count}" for node, count in sorted(nodes.items())))
     if report.bytes_read:
         lines.append(f"read {report.bytes_read / 1e6:.1f} MB ({report.bytes_read / 1e6 / max(report.seconds, 1e-9):.1f} MB/s)")
     lines += [f"note: {note}" for note in report.notes]

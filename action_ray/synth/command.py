@@ -135,7 +135,7 @@ def _generate(args: argparse.Namespace, out: Path, pending: list[int], bar) -> N
 
 
 def _remove_stale_parts(out: Path) -> None:
-    """Delete temporary files left by a killed run (``.NAME.PID.part``, see layouts.write_atomic)."""
+    """Delete temporary files left by a killed run (``.NAME.PID.part``, see action_ray.files.write_atomic)."""
     for part in out.rglob(".*.part"):
         part.unlink(missing_ok=True)
 
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = _check_args(args)
     _remove_stale_parts(out)
-    from action_ray.synth.layouts import write_atomic
+    from action_ray.files import write_atomic
 
     manifest = check_manifest(out, args.kind, args.seed, args.size)
     for path, content in ((out / MANIFEST_FILE, manifest),

@@ -13,12 +13,12 @@ case is complete, which is what makes ``action-ray synth`` resumable. Gzip outpu
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from action_ray.files import write_atomic
 from action_ray.synth.cardiac import CardiacCase
 from action_ray.synth.liver import LiverCase
 
@@ -41,19 +41,6 @@ def nifti_bytes(volume_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
     image.set_sform(affine, code=1)
     raw = image.to_bytes()
     return gzip.compress(raw, compresslevel=6, mtime=0) if gzipped else raw
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
-    try:
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def acdc_patient_dir(out: Path, index: int) -> Path:

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from action_ray.errors import ConfigError
+from action_ray.files import write_atomic
 
 CHECKPOINT_FORMAT = 2
 #: The format that stored Python/NumPy RNG objects and needed full unpickling to read.
@@ -123,15 +124,6 @@ def _legacy_rng(state: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(directory: str, checkpoint: Checkpoint) -> None:
     """Write ``checkpoint`` into the local ``directory`` (created): state first, marker last."""
     os.makedirs(directory, exist_ok=True)
@@ -139,8 +131,8 @@ def save_checkpoint(directory: str, checkpoint: Checkpoint) -> None:
     payload = asdict(checkpoint)
     payload["format"] = CHECKPOINT_FORMAT
     torch.save(payload, buffer)
-    _write_atomic(os.path.join(directory, STATE_FILE), buffer.getvalue())
-    _write_atomic(os.path.join(directory, META_FILE), json.dumps(checkpoint.meta(), indent=2).encode())
+    write_atomic(os.path.join(directory, STATE_FILE), buffer.getvalue())
+    write_atomic(os.path.join(directory, META_FILE), json.dumps(checkpoint.meta(), indent=2).encode())
 
 
 def _meta_format(directory: str) -> Any:

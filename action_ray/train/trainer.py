@@ -28,48 +28,27 @@ from typing import Any, Callable, Mapping, Sequence
 from action_ray.config import STAGE_ORDER, Config
 from action_ray.errors import ActionRayError, ConfigError
 from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_worker
+from action_ray.ray_session import connect_or_start
 from action_ray.urls import filesystem_for, is_remote, redact
-
-#: Object store cap of a local Ray started by action-ray: training streams slices, it never
-#: holds the collection (ray-notes §8: the default would be 30 % of RAM, at least 10 GB).
-LOCAL_OBJECT_STORE_BYTES = 1 * 2**30
-
-#: Environment a local Ray should see before it starts (workers inherit it).
-RAY_ENV_DEFAULTS = {
-    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",  # otherwise each worker print appears twice
-    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-}
 
 
 def ensure_ray(config: Config, log: Callable[[str], None] = print) -> None:
     """Connect to ``RAY_ADDRESS`` if set, else start a local Ray sized for this run.
 
     Locally, Ray gets at least two more logical CPUs than the workers need (and at least twice
-    the cores), so Ray Data's read tasks always find one (ray-notes §3: whole-CPU workers on a
-    2-core machine hang); the workers are few and the read tasks short, so the logical
-    oversubscription costs nothing.
+    the cores), so Ray Data's read tasks always find one (whole-CPU workers that take every
+    logical CPU of a 2-core machine leave the read tasks none, and training hangs); the workers
+    are few and the read tasks short, so the logical oversubscription costs nothing.
     """
-    import ray
-
-    if ray.is_initialized():
-        return
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-    if os.environ.get("RAY_ADDRESS"):
-        log(f"connecting to the Ray cluster at {redact(os.environ['RAY_ADDRESS'])}")
-        ray.init(address=os.environ["RAY_ADDRESS"])
-        return
     workers = max(1, config.train.num_workers)
     needed = math.ceil(workers * config.train.cpus_per_worker) + 2
     num_cpus = max(2 * (os.cpu_count() or 1), needed)
     num_gpus = None
-    if config.train.use_gpu:
+    if config.train.use_gpu and not os.environ.get("RAY_ADDRESS"):
         import torch
 
         num_gpus = torch.cuda.device_count()
-    log(f"starting a local Ray: {num_cpus} CPUs" + (f", {num_gpus} GPUs" if num_gpus else ""))
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-             object_store_memory=LOCAL_OBJECT_STORE_BYTES, configure_logging=False)
+    connect_or_start(num_cpus, num_gpus, log=log)
 
 
 def data_config(config: Config):

@@ -49,6 +49,7 @@ from ray.train import UserCallback
 
 from action_ray.config import Config
 from action_ray.evaluation.runs import BEST_RECORD
+from action_ray.files import write_atomic
 from action_ray.train.checkpoint import META_FILE, STATE_FILE
 from action_ray.urls import filesystem_for, is_remote, redact
 
@@ -289,10 +290,7 @@ def append_validation_row(run_dir: str, row: Mapping[str, Any]) -> None:
     rows.sort(key=lambda r: int(r.get("ft_step", 0)))
     text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
     if not is_remote(run_dir):
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
+        write_atomic(path, text)
         return
     with fs.open(path, "w") as handle:
         handle.write(text)

@@ -80,13 +80,12 @@ def ensure_tune_ray(sweep: SweepConfig, base: Config, resources: TrialResources,
     """
     import ray
 
-    from action_ray.train.trainer import LOCAL_OBJECT_STORE_BYTES, RAY_ENV_DEFAULTS, ensure_ray
+    from action_ray.ray_session import connect_or_start
+    from action_ray.train.trainer import ensure_ray
 
     if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
         ensure_ray(base, log)
         return
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
     concurrent = sweep.tune.max_concurrent_trials or 1
     num_cpus = max(os.cpu_count() or 1, math.ceil(concurrent * resources.cpus) + 1)
     num_gpus = None
@@ -95,10 +94,8 @@ def ensure_tune_ray(sweep: SweepConfig, base: Config, resources: TrialResources,
 
         num_gpus = torch.cuda.device_count()
     dashboard = sweep.tune.uses_early_stopping
-    log(f"starting a local Ray: {num_cpus} CPUs" + (f", {num_gpus} GPUs" if num_gpus else "")
-        + (" (dashboard on: ASHA needs the State API)" if dashboard else ""))
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
-             object_store_memory=LOCAL_OBJECT_STORE_BYTES, configure_logging=False)
+    connect_or_start(num_cpus, num_gpus, dashboard=dashboard, log=log,
+                     reason="dashboard on: ASHA needs the State API" if dashboard else "")
 
 
 def _tune_report_callback_class():
