@@ -1,0 +1,137 @@
+"""A Ray cluster of several nodes on 127.0.0.1, started with ``ray start`` and stopped by PID.
+
+Each node gets its own ports (so it never meets another Ray on the machine), its own custom
+resource (``node_<name>: 1``) so a test can pin work to it, and the head's temp dir. Token
+authentication is disabled for these processes only (``RAY_AUTH_MODE=disabled`` in their
+environment). ``ray stop`` is never used: it would end every Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+import psutil
+
+from tests.conftest import free_ports
+
+BIN = os.path.dirname(sys.executable)
+
+
+@dataclass
+class RayNode:
+    name: str
+    node_manager_port: int
+    raylet: psutil.Process | None = None
+
+
+@dataclass
+class LocalRayCluster:
+    """Head first (``start``), then ``add_node`` per worker node; ``stop`` ends them all."""
+
+    temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ar-mn-", dir="/tmp"))
+    gcs_port: int = 0
+    dashboard_port: int = 0
+    nodes: dict[str, RayNode] = field(default_factory=dict)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.address}
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    def _start(self, name: str, extra: list[str], num_cpus: int) -> None:
+        node_manager, object_manager, agent_http, agent_grpc, metrics, runtime_env = free_ports(6)
+        args = [f"{BIN}/ray", "start", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+                f"--resources={json.dumps({f'node_{name}': 1})}", f"--node-manager-port={node_manager}",
+                f"--object-manager-port={object_manager}", f"--dashboard-agent-listen-port={agent_http}",
+                f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
+                f"--runtime-env-agent-port={runtime_env}", "--disable-usage-stats", *extra]
+        env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
+        with open(os.path.join(self.temp_dir, f"ray-start-{name}.log"), "w") as log:
+            # to a file, not a pipe: the daemons inherit the handles and a pipe never reaches EOF
+            subprocess.run(args, env=env, check=True, stdout=log, stderr=subprocess.STDOUT, timeout=180)
+        self.nodes[name] = RayNode(name, node_manager, self._raylet(node_manager))
+
+    def start(self, num_cpus: int = 0) -> "LocalRayCluster":
+        self.gcs_port, self.dashboard_port = free_ports(2)
+        self._start("head", ["--head", f"--port={self.gcs_port}", f"--temp-dir={self.temp_dir}",
+                             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+                             "--include-dashboard=true"], num_cpus)
+        return self
+
+    def add_node(self, name: str, num_cpus: int = 1) -> RayNode:
+        self._start(name, [f"--address={self.address}"], num_cpus)
+        return self.nodes[name]
+
+    def _raylet(self, node_manager_port: int) -> psutil.Process | None:
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if "raylet" in cmdline and f"--node_manager_port={node_manager_port}" in cmdline:
+                return proc
+        return None
+
+    def node_ids(self) -> dict[str, str]:
+        """Ray node id of every live node, by our node name (from its custom resource)."""
+        import ray
+
+        ids = {}
+        for node in ray.nodes():
+            if node.get("Alive"):
+                for key in node.get("Resources", {}):
+                    if key.startswith("node_") and key[5:] in self.nodes:
+                        ids[key[5:]] = node["NodeID"]
+        return ids
+
+    def kill_node(self, name: str) -> None:
+        """SIGKILL a worker node's raylet and everything under it, as a lost machine would."""
+        raylet = self.nodes[name].raylet
+        assert raylet is not None, f"no raylet found for node {name}"
+        family = [raylet, *raylet.children(recursive=True)]
+        for proc in family:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(family, timeout=10)
+
+    def processes(self) -> list[psutil.Process]:
+        """Every process of this cluster: its cmdline names our temp dir or GCS port, and children."""
+        roots = []
+        for proc in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if self.temp_dir in cmdline or (self.gcs_port and f":{self.gcs_port}" in cmdline):
+                roots.append(proc)
+        found = {p.pid: p for p in roots}
+        for proc in roots:
+            try:
+                found.update({c.pid: c for c in proc.children(recursive=True)})
+            except psutil.NoSuchProcess:
+                pass
+        found.pop(os.getpid(), None)
+        return list(found.values())
+
+    def stop(self) -> None:
+        """SIGTERM every process of the cluster, SIGKILL what is left after 5 s."""
+        procs = self.processes()
+        for proc in procs:
+            try:
+                proc.send_signal(signal.SIGTERM)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=5)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
