@@ -1,8 +1,8 @@
 """``ray job submit`` of ``action-ray train`` to a cluster this test starts and stops itself.
 
-The head runs with its own ``--temp-dir`` and ports on 127.0.0.1, token auth disabled
-(ray-notes §7), and is stopped by the PIDs of its own processes, never with ``ray stop``
-(which would end every Ray process on the machine, other tests' included).
+The head (tests/ray_cluster.py) runs with its own ``--temp-dir`` and ports on 127.0.0.1, token
+auth disabled for its processes, and is stopped by the PIDs of its own processes, never with
+``ray stop`` (which would end every Ray process on the machine, other tests' included).
 """
 
 from __future__ import annotations
@@ -10,18 +10,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 
-import psutil
 import pytest
 
 from action_ray.train.trainer import read_metrics, read_result
-from tests.conftest import free_ports
+from tests.ray_cluster import LocalRayCluster
 from tests.test_train_ray import make_tiny_store
 
 pytestmark = pytest.mark.slow
@@ -40,62 +36,16 @@ train: {num_workers: 2, cpus_per_worker: 0.5, report_every: 1, checkpoint_every:
 """
 
 
-def cluster_processes(temp_dir: str, gcs_port: int) -> list[psutil.Process]:
-    """Every process of the cluster: cmdline names our temp dir or GCS port, plus descendants."""
-    roots = []
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = " ".join(proc.info["cmdline"] or [])
-        if temp_dir in cmdline or f":{gcs_port}" in cmdline:
-            roots.append(proc)
-    found = {p.pid: p for p in roots}
-    for proc in roots:
-        try:
-            found.update({c.pid: c for c in proc.children(recursive=True)})
-        except psutil.NoSuchProcess:
-            pass
-    found.pop(os.getpid(), None)
-    return list(found.values())
-
-
-def stop_cluster(temp_dir: str, gcs_port: int) -> None:
-    """SIGTERM our cluster's processes, SIGKILL what is left after 5 s (gcs/raylet ignore TERM)."""
-    procs = cluster_processes(temp_dir, gcs_port)
-    for proc in procs:
-        try:
-            proc.send_signal(signal.SIGTERM)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=5)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-
-
 @pytest.fixture()
-def head(tmp_path):
-    temp_dir = tempfile.mkdtemp(prefix="ar-ray-", dir="/tmp")  # short: Ray's socket paths have a limit
-    port, dashboard, agent_http, agent_grpc, metrics, runtime_env_agent = free_ports(6)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    start = [f"{BIN}/ray", "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-             f"--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}",
-             "--num-cpus=4", "--include-dashboard=true", "--disable-usage-stats",
-             # the agents' default ports (52365, ...) clash with any other Ray on the machine,
-             # and a job agent without its HTTP server never accepts a submission
-             f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
-             f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env_agent}"]
+def head():
+    cluster = LocalRayCluster()
     try:
-        # to a file, not a pipe: the daemons `ray start` leaves behind inherit its output handles,
-        # so a pipe would never reach EOF
-        with open(os.path.join(temp_dir, "ray-start.log"), "w") as log:
-            subprocess.run(start, env=env, check=True, stdout=log, stderr=subprocess.STDOUT, timeout=120)
-        yield f"http://127.0.0.1:{dashboard}", env, f"127.0.0.1:{port}", temp_dir
+        cluster.start(num_cpus=4)
+        env = {k: v for k, v in cluster.env.items() if k != "RAY_ADDRESS"}
+        yield f"http://127.0.0.1:{cluster.dashboard_port}", env, cluster.address, cluster.temp_dir
     finally:
-        stop_cluster(temp_dir, port)
-        shutil.rmtree(temp_dir, ignore_errors=True)
-    assert not cluster_processes(temp_dir, port)
+        cluster.stop()
+    assert not cluster.processes()
 
 
 def ray_job(address: str, env: dict, *args: str, timeout: int = 120) -> str:
