@@ -62,6 +62,7 @@ HASH_EXCLUDED_KEYS = frozenset(
         "train.num_to_keep",
         "train.max_failures",
         "train.collective_timeout_s",
+        "train.placement_strategy",
         "eval.batch_size",
     }
 )
@@ -423,6 +424,9 @@ class TrainConfig(_Section):
     num_workers: int = Field(1, ge=0, description="0 = Ray Train local mode in the driver")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0, description="fractional allowed (0.5 on 2-core CI)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray places the workers: PACK fills a node first, SPREAD over nodes, "
+                            "STRICT_SPREAD one worker per node")
     gpus_per_worker: float = Field(1.0, ge=0)
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     amp: bool = False

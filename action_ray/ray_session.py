@@ -9,6 +9,8 @@ object store capped, since action-ray streams volumes and never holds a collecti
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from typing import Callable
 
 from action_ray.urls import redact
@@ -49,3 +51,14 @@ def connect_or_start(
         + (f" ({reason})" if reason else ""))
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
              object_store_memory=LOCAL_OBJECT_STORE_BYTES, configure_logging=False)
+
+
+def current_node() -> str:
+    """The Ray node id of this process when it runs inside Ray (task, actor, Train worker),
+    else the host name: what reports record as "where it ran"."""
+    if "ray" in sys.modules:
+        import ray
+
+        if ray.is_initialized():
+            return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()

@@ -23,6 +23,11 @@ from tests.conftest import free_ports
 
 BIN = os.path.dirname(sys.executable)
 
+#: The GCS declares a silent node dead after 3 missed 1-s health checks (default: 5 × 3 s after
+#: a 5-s delay), so a test that kills a node waits seconds, not half a minute.
+FAST_FAILURE_DETECTION = {"RAY_health_check_initial_delay_ms": "1000", "RAY_health_check_period_ms": "1000",
+                          "RAY_health_check_failure_threshold": "3"}
+
 
 @dataclass
 class RayNode:
@@ -36,13 +41,15 @@ class LocalRayCluster:
     """Head first (``start``), then ``add_node`` per worker node; ``stop`` ends them all."""
 
     temp_dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="ar-mn-", dir="/tmp"))
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. AWS_* as an instance role would give
     gcs_port: int = 0
     dashboard_port: int = 0
     nodes: dict[str, RayNode] = field(default_factory=dict)
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_ADDRESS": self.address}
+        return {**os.environ, **self.extra_env, **FAST_FAILURE_DETECTION, "RAY_AUTH_MODE": "disabled",
+                "RAY_ADDRESS": self.address}
 
     @property
     def address(self) -> str:

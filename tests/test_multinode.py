@@ -12,19 +12,22 @@ import sys
 
 import pytest
 
+from action_ray.train.trainer import read_metrics, read_result
 from niftis import write_acdc
 from tests.ray_cluster import LocalRayCluster
+from tests.test_train_ray import make_tiny_store
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    started = LocalRayCluster()
+def cluster(s3_server):
+    # the nodes see the S3 server's AWS_* variables, as cloud nodes see their instance role
+    started = LocalRayCluster(extra_env=s3_server.env)
     try:
         started.start(num_cpus=0)
-        started.add_node("a", num_cpus=1)
-        started.add_node("b", num_cpus=1)
+        started.add_node("a", num_cpus=2)  # a 0.5-CPU Train worker and Ray Data's read tasks
+        started.add_node("b", num_cpus=2)
         yield started
     finally:
         started.stop()
@@ -56,3 +59,79 @@ def test_ingest_on_the_cluster_runs_cases_on_both_nodes(cluster, tmp_path):
     rows = [json.loads(line) for line in report.read_text().splitlines()]
     assert sorted(r["case_id"] for r in rows) == sorted(w.case_id for w in written)
     assert {r["node"] for r in rows} == {ids["a"], ids["b"]}  # recorded per case: both nodes worked
+
+
+TINY_ACTION = ["--config", "cpu-demo", "stages=[p2,ft]", "data.slice_size=32", "data.labelled_patients=1",
+               "data.ft_labelled_batch=2", "data.ft_unlabelled_batch=2", "model.global_hidden=64",
+               "model.global_dim=64", "model.representation_dim=32", "model.local_pooling=4", "model.cut_size=16",
+               "model.cut_stride=8", "ft.num_queries=8", "ft.num_negatives=16", "train.num_workers=2",
+               "train.cpus_per_worker=0.5", "train.collective_timeout_s=120", "eval.val_every=0"]
+
+
+def test_training_puts_one_worker_per_node_with_identical_replicas_and_runs_on_s3(cluster, s3_env, tmp_path):
+    ids = connected_node_ids(cluster)
+    store = str(tmp_path / "store.zarr")
+    make_tiny_store(store)
+    storage = f"s3://{s3_env.new_bucket('spread')}/runs"
+    done = subprocess.run(
+        [sys.executable, "-m", "action_ray.cli", "train", *TINY_ACTION, f"data.store={store}",
+         f"train.storage_path={storage}", "train.run_name=spread", "train.placement_strategy=STRICT_SPREAD",
+         "schedule.p2.iterations=4", "schedule.ft.iterations=4", "train.report_every=2", "train.checkpoint_every=2"],
+        env=cluster.env, capture_output=True, text=True, timeout=480)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run_dir = f"{storage}/spread"
+    rows = read_metrics(run_dir)
+    assert [(r["stage"], r["step"]) for r in rows] == [("p2", 2), ("p2", 4), ("ft", 2), ("ft", 4)]
+    for row in rows:  # both ranks hold the same weights and banks at every report...
+        assert row["replicas_identical"], row
+        ranks = row["nodes"].split(",")  # ...while running on different nodes
+        assert len(ranks) == 2 and set(ranks) == {ids["a"][:12], ids["b"][:12]}, (row["nodes"], ids)
+    assert read_result(run_dir)["step"] == 4
+
+
+def test_losing_a_node_mid_run_restarts_on_the_other_from_the_s3_checkpoint(cluster, s3_env, tmp_path):
+    """Last in this module: it kills node ``a``. Ray Train starts a new worker group on ``b``
+    from the last checkpoint in the bucket; the log holds every report step once."""
+    import re
+    import time
+
+    import fsspec
+
+    ids = connected_node_ids(cluster)
+    store = str(tmp_path / "store.zarr")
+    make_tiny_store(store)
+    bucket = s3_env.new_bucket("lost")
+    storage = f"s3://{bucket}/runs"
+    iterations, report, every = 120, 10, 20
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "action_ray.cli", "train", *TINY_ACTION, "stages=[ft]", "method=supervised",
+         f"data.store={store}", f"train.storage_path={storage}", "train.run_name=lost",
+         "train.placement_strategy=SPREAD", "train.max_failures=1", f"schedule.ft.iterations={iterations}",
+         f"train.report_every={report}", f"train.checkpoint_every={every}"],
+        env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    fs = fsspec.filesystem("s3", **s3_env.storage_options)
+    snapshot = f"{bucket}/runs/lost/checkpoint_manager_snapshot.json"
+    deadline = time.monotonic() + 240
+    while not fs.exists(snapshot) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        fs.invalidate_cache()
+    assert proc.poll() is None, "the run ended before its first checkpoint: make it longer"
+    before = [json.loads(line)["step"] for line in fs.cat(f"{bucket}/runs/lost/metrics.jsonl").decode().splitlines()]
+    cluster.kill_node("a")
+    output, _ = proc.communicate(timeout=420)
+    assert proc.returncode == 0, output[-4000:]
+    assert before[-1] < iterations, "the node was lost after the run had finished"
+    run_dir = f"{storage}/lost"
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(report, iterations + 1, report))  # none missing, none twice
+    # each node's log monitor forwards the shared session logs here, so lines repeat: keep each once
+    starts = list(dict.fromkeys(int(m) for m in re.findall(r"stage ft: steps (\d+)\.\.", output)))
+    assert len(starts) == 2 and starts[0] == 1, (starts, output[-4000:])  # one restart
+    restarted_from = starts[1] - 1
+    assert restarted_from % every == 0 and restarted_from >= every
+    # what was lost: the steps since that checkpoint, never more than checkpoint_every plus the
+    # report window in flight when the node went (the last report before the kill was at before[-1])
+    assert before[-1] - restarted_from <= every + report
+    after_restart = [r for r in rows if r["step"] > restarted_from]
+    assert after_restart and all(r["nodes"] == f"{ids['b'][:12]},{ids['b'][:12]}" for r in after_restart)
+    assert read_result(run_dir)["step"] == iterations

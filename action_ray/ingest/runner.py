@@ -19,7 +19,6 @@ a complete case. A run on a finished store therefore only lists the source and t
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from action_ray.errors import ActionRayError, CaseError, StoreError
 from action_ray.ingest.layouts import Collection, SourceCase, discover
 from action_ray.ingest.splits import assign_splits
 from action_ray.ingest.validate import AFFINE_TOLERANCE_MM, load_case
+from action_ray.ray_session import current_node
 from action_ray.recipes import DEFAULT_RECIPE_FOR_LAYOUT, Recipe, load_recipe, load_split_file
 from action_ray.urls import filesystem_for, redact, storage_advice
 
@@ -120,20 +120,10 @@ def _store(dst_url: str, options_json: str):
     return open_store(dst_url, storage_options=json.loads(options_json))
 
 
-def worker_node() -> str:
-    """The Ray node id when running in a Ray task, else the host name."""
-    if "ray" in sys.modules:
-        import ray
-
-        if ray.is_initialized():
-            return ray.get_runtime_context().get_node_id()
-    return socket.gethostname()
-
-
 def ingest_case(task: CaseTask) -> CaseResult:
     """Load, validate and write one case; any problem becomes a ``failed`` result, not a crash."""
     result = _ingest_case(task)
-    result.node = worker_node()
+    result.node = current_node()
     return result
 
 

@@ -37,6 +37,7 @@ import torch
 
 from action_ray.config import Config, config_from_dict
 from action_ray.errors import ConfigError
+from action_ray.ray_session import current_node
 from action_ray.train.checkpoint import (
     Checkpoint,
     DataPosition,
@@ -277,7 +278,9 @@ def _window_metrics(state, position: DataPosition, sums: dict[str, torch.Tensor]
         "it_per_s": steps / seconds if seconds > 0 else 0.0,
         "time": time.time(),
     }
-    metrics["replicas_identical"] = len(set(_gather_objects(replica_digest(state)))) == 1
+    gathered = _gather_objects((replica_digest(state), current_node()))
+    metrics["replicas_identical"] = len({digest for digest, _ in gathered}) == 1
+    metrics["nodes"] = ",".join(node[:12] for _, node in gathered)  # rank order; where each rank ran
     return metrics
 
 
