@@ -67,6 +67,10 @@ HASH_EXCLUDED_KEYS = frozenset(
     }
 )
 
+#: Batch sizes that are per worker (the global batch is num_workers × each).
+PER_WORKER_BATCH_KEYS = ("pretrain_labelled_batch", "pretrain_unlabelled_batch", "ft_labelled_batch",
+                         "ft_unlabelled_batch")
+
 #: Pairs of keys of which only one may be set; an override of one clears the other.
 EXCLUSIVE_PAIRS: tuple[tuple[str, str], ...] = (
     ("data.label_ratio", "data.labelled_patients"),
@@ -559,6 +563,40 @@ class Config(_Section):
         """3-D sliding window: ``eval.window`` or the training patch."""
         return self.eval.window or self.data.patch_size
 
+    def global_batch_form(self) -> dict[str, Any]:
+        """:meth:`to_dict` with every per-worker batch multiplied by the worker count and
+        ``train.num_workers`` removed (0, Ray Train's local mode, counts as one worker)."""
+        data = self.to_dict()
+        workers = max(1, self.train.num_workers)
+        for key in PER_WORKER_BATCH_KEYS:
+            data["data"][key] = data["data"][key] * workers
+        del data["train"]["num_workers"]
+        return data
+
+    def with_workers(self, num_workers: int, like: "Config | None" = None) -> "Config":
+        """This config on ``num_workers`` workers with the global batches of ``like`` (default:
+        this config's own): each per-worker batch becomes global / ``num_workers``.
+
+        Raises a ConfigError naming the batch that does not divide, since a run must not change
+        its global batch silently.
+        """
+        source = like or self
+        old_workers = max(1, source.train.num_workers)
+        new_workers = max(1, num_workers)
+        changes: dict[str, int] = {}
+        for key in PER_WORKER_BATCH_KEYS:
+            total = getattr(source.data, key) * old_workers
+            if total % new_workers:
+                raise ConfigError(
+                    f"data.{key}: the global batch of {total} slices ({old_workers} worker(s) × "
+                    f"{getattr(source.data, key)}) cannot be split evenly over {num_workers} workers; use a "
+                    f"worker count that divides {total}")
+            changes[key] = total // new_workers
+        data = self.to_dict(redact_secrets=False)
+        data["data"].update(changes)
+        data["train"]["num_workers"] = num_workers
+        return config_from_dict(data, "with_workers")
+
     def bank_size(self) -> int:
         """K of the global distillation bank for this job (A2: bank_batches × global batch)."""
         global_batch = self.data.pretrain_batch * max(1, self.train.num_workers)
@@ -586,8 +624,14 @@ class Config(_Section):
             handle.write(self.to_yaml())
 
     def hash(self) -> str:
-        """16 hex digits identifying what the run computes (bookkeeping keys excluded)."""
-        flat = {k: v for k, v in _flatten(self.to_dict()).items() if not _excluded(k)}
+        """16 hex digits identifying what the run computes (bookkeeping keys excluded).
+
+        Batch sizes enter as global batches (per-worker batch × workers) and the worker count
+        itself does not: 2 workers × 4 slices and 1 worker × 8 slices compute the same run
+        (only the order in which rows reach the workers differs), which is what lets a run
+        resume on another number of workers (:meth:`with_workers`).
+        """
+        flat = {k: v for k, v in _flatten(self.global_batch_form()).items() if not _excluded(k)}
         text = json.dumps(flat, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -240,11 +240,23 @@ def broadcast_from_rank0(model: torch.nn.Module) -> None:
 
 
 def _restore(state, checkpoint: Checkpoint, rank: int) -> None:
-    """Load a checkpoint into a state built for its stage, with this rank's own RNG streams."""
+    """Load a checkpoint into a state built for its stage, with this rank's own RNG streams.
+
+    A rank the checkpoint has no streams for (a run resumed on more workers than it was saved
+    with) gets fresh ones, seeded from the run seed, its rank and the step, so that it never
+    replays another rank's augmentations.
+    """
+    from action_ray.train.state import stream_seed
+
     state.load_state_dict(checkpoint.train_state)
-    mine = checkpoint.rank_rng[rank % len(checkpoint.rank_rng)]
-    state.generator.set_state(mine["generator"])
-    restore_rng(mine["rng"])
+    if rank < len(checkpoint.rank_rng):
+        mine = checkpoint.rank_rng[rank]
+        state.generator.set_state(mine["generator"])
+        restore_rng(mine["rng"])
+        return
+    purpose = f"resumed/{checkpoint.stage}/{checkpoint.step}"
+    state.generator.manual_seed(stream_seed(state.config.train.seed, rank, f"augment/{purpose}"))
+    torch.manual_seed(stream_seed(state.config.train.seed, rank, f"dropout/{purpose}"))
 
 
 def _starting_state(config: Config, settings: LoopSettings, device: torch.device, rank: int,

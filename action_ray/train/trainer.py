@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from action_ray.config import STAGE_ORDER, Config
+from action_ray.config import PER_WORKER_BATCH_KEYS, STAGE_ORDER, Config
 from action_ray.errors import ActionRayError, ConfigError
 from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_worker
 from action_ray.ray_session import connect_or_start
@@ -105,6 +105,8 @@ class RunPlan:
     num_classes: int
     resuming: bool
     complete: bool
+    config: Config  # the config the run trains with (per-worker batches rescaled on an elastic resume)
+    note: str = ""  # what plan_run changed, for the log
 
 
 def run_name(config: Config) -> str:
@@ -182,6 +184,7 @@ def plan_run(config: Config, write: bool = True) -> RunPlan:
         import yaml
 
         previous = config_from_dict(yaml.safe_load(saved_config), f"{run_dir}/config.yaml")
+        config, note = elastic_resume(config, previous)
         if previous.hash() != config.hash():
             raise ConfigError(
                 f"--resume: the config differs from the one saved with run {name!r} "
@@ -201,7 +204,29 @@ def plan_run(config: Config, write: bool = True) -> RunPlan:
         config.dump(f"{run_dir}/config.yaml")
         _write_text(fs, f"{root}/label_split.json", split.to_json())
     complete = fs.exists(f"{root}/result.json")
-    return RunPlan(name, run_dir, split.to_json(), num_classes, saved_config is not None, complete)
+    return RunPlan(name, run_dir, split.to_json(), num_classes, saved_config is not None, complete, config,
+                   note if saved_config is not None else "")
+
+
+def elastic_resume(config: Config, previous: Config) -> tuple[Config, str]:
+    """``config`` for resuming a run saved as ``previous`` on a different number of workers.
+
+    What stays fixed is the **global** batch: when only ``train.num_workers`` changed, every
+    per-worker batch becomes previous global batch / new workers (an uneven split is refused),
+    so the optimiser sees the same batches, the global bank keeps its size (K = bank_batches ×
+    global batch) and its contents, and the data position (batches taken in the epoch, which
+    are global steps) carries over. Returns the config and a line saying what changed ("" if
+    nothing did). A config whose global batch already matches is returned as it is.
+    """
+    old, new = max(1, previous.train.num_workers), max(1, config.train.num_workers)
+    if old == new or previous.hash() == config.hash():
+        return config, ("" if old == new else f"resuming on {new} worker(s) instead of {old}; global batch unchanged")
+    if any(getattr(config.data, key) != getattr(previous.data, key) for key in PER_WORKER_BATCH_KEYS):
+        return config, ""  # the batches were changed too: the hash check reports the difference
+    rescaled = config.with_workers(config.train.num_workers, like=previous)
+    batches = ", ".join(f"{key}={getattr(rescaled.data, key)}" for key in PER_WORKER_BATCH_KEYS)
+    return rescaled, (f"resuming on {new} worker(s) instead of {old}: per-worker batches rescaled to keep the "
+                      f"global batch ({batches})")
 
 
 def read_result(run_dir: str) -> dict[str, Any] | None:
@@ -381,6 +406,9 @@ def run_training(
     if config.train.init_from:  # read on the driver first: a bad file fails here, before any write
         check_checkpoint(config.train.init_from, config.data.storage_options)
     plan = plan_run(config, write=not dry_run)
+    config = plan.config
+    if plan.note:
+        log(plan.note)
     if plan.resuming and not plan.complete:
         latest = latest_ray_checkpoint(plan.run_dir)
         if latest is not None:

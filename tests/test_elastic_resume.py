@@ -1,0 +1,91 @@
+"""``--resume`` on another number of workers (2 → 1 and 1 → 2): the global batch stays, the
+per-worker batch follows it, the global bank keeps its size and contents, every report step is
+logged once, and a global batch that cannot be split evenly is refused before Ray starts."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from action_ray.config import Config
+from action_ray.errors import ConfigError
+from action_ray.train.checkpoint import load_checkpoint
+from action_ray.train.trainer import read_metrics, run_training
+from tests.test_train_ray import config_for, make_tiny_store
+
+pytestmark = pytest.mark.slow
+
+P2_THEN_FT = ["stages=[p2, ft]", "schedule.p2.iterations=4", "schedule.ft.iterations=4", "train.report_every=2",
+              "train.checkpoint_every=2", "data.pretrain_labelled_batch=2", "data.pretrain_unlabelled_batch=2",
+              "data.ft_labelled_batch=2", "data.ft_unlabelled_batch=2"]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20,
+             log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def store_url(tmp_path_factory):
+    url = str(tmp_path_factory.mktemp("elastic") / "store.zarr")
+    make_tiny_store(url)
+    return url
+
+
+def saved_config(run_dir: str) -> dict:
+    with open(f"{run_dir}/config.yaml") as handle:
+        return yaml.safe_load(handle)
+
+
+@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
+def test_resume_on_another_worker_count_keeps_the_global_batch_and_bank(ray_cluster, store_url, tmp_path,
+                                                                          before, after):
+    storage, name = str(tmp_path / "runs"), f"w{before}to{after}"
+    per_worker = 4 // before  # global batch 4 slices of each kind, whatever the worker count
+    batches = [f"data.{k}={per_worker}" for k in ("pretrain_labelled_batch", "pretrain_unlabelled_batch",
+                                                  "ft_labelled_batch", "ft_unlabelled_batch")]
+    first = config_for(store_url, storage, name, *P2_THEN_FT, *batches, f"train.num_workers={before}")
+    stopped = run_training(first, stop_after_steps=3, log=lambda _: None)
+    assert stopped["interrupted"] and stopped["stage"] == "p2"
+    bank_size = first.bank_size()
+    lines: list[str] = []
+    # the user changes only the worker count; the per-worker batch follows the global one
+    again = config_for(store_url, storage, name, *P2_THEN_FT, *batches, f"train.num_workers={after}",
+                       "train.resume=true")
+    done = run_training(again, log=lines.append)
+    assert done["stage"] == "ft" and done["step"] == 4 and not done["interrupted"]
+    assert any(f"resuming on {after} worker(s) instead of {before}" in line for line in lines), lines
+    run_dir = f"{storage}/{name}"
+    saved = saved_config(run_dir)
+    assert saved["train"]["num_workers"] == after and saved["data"]["ft_labelled_batch"] == 4 // after
+    rows = read_metrics(run_dir)
+    assert [(r["stage"], r["step"]) for r in rows] == [("p2", 2), ("p2", 4), ("ft", 2), ("ft", 4)]
+    assert len(rows[-1]["nodes"].split(",")) == after and all(r["replicas_identical"] for r in rows)
+    p2 = load_checkpoint(f"{run_dir}/stages/p2")
+    assert p2.train_state["banks"]["global"]["keys"].shape[0] == bank_size  # K = bank_batches × global batch
+
+
+def test_a_global_batch_that_does_not_split_evenly_is_refused(ray_cluster, store_url, tmp_path):
+    storage = str(tmp_path / "runs")
+    odd = ["data.pretrain_labelled_batch=3", "data.pretrain_unlabelled_batch=1"]
+    first = config_for(store_url, storage, "odd", *P2_THEN_FT, *odd, "train.num_workers=1")
+    run_training(first, stop_after_steps=2, log=lambda _: None)
+    again = config_for(store_url, storage, "odd", *P2_THEN_FT, *odd, "train.num_workers=2", "train.resume=true")
+    with pytest.raises(ConfigError, match=r"data\.pretrain_labelled_batch: the global batch of 3 slices .* 2 workers"):
+        run_training(again, log=lambda _: None)
+    assert saved_config(f"{storage}/odd")["train"]["num_workers"] == 1  # nothing rewritten
+
+
+def test_with_workers_keeps_the_hash_and_the_bank_size():
+    from action_ray.config import load_config
+
+    two = load_config("cpu-demo", ["train.num_workers=2"])
+    one = two.with_workers(1)
+    assert isinstance(one, Config) and one.hash() == two.hash() and one.bank_size() == two.bank_size()
+    assert one.data.ft_labelled_batch == 2 * two.data.ft_labelled_batch
+    assert load_config("cpu-demo", ["train.num_workers=1"]).hash() != two.hash()  # half the global batch
