@@ -11,30 +11,13 @@ from action_ray.config import Config
 from action_ray.errors import ConfigError
 from action_ray.train.checkpoint import load_checkpoint
 from action_ray.train.trainer import read_metrics, run_training
-from tests.test_train_ray import config_for, make_tiny_store
+from tests.test_train_ray import config_for, ray_cluster, store_url  # noqa: F401 (the module's fixtures)
 
 pytestmark = pytest.mark.slow
 
 P2_THEN_FT = ["stages=[p2, ft]", "schedule.p2.iterations=4", "schedule.ft.iterations=4", "train.report_every=2",
               "train.checkpoint_every=2", "data.pretrain_labelled_batch=2", "data.pretrain_unlabelled_batch=2",
               "data.ft_labelled_batch=2", "data.ft_unlabelled_batch=2"]
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20,
-             log_to_driver=False, configure_logging=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def store_url(tmp_path_factory):
-    url = str(tmp_path_factory.mktemp("elastic") / "store.zarr")
-    make_tiny_store(url)
-    return url
 
 
 def saved_config(run_dir: str) -> dict:
