@@ -1,7 +1,7 @@
 """Global memory banks: ring buffers of teacher keys shared by every worker of a job.
 
 The published bank is a per-process FIFO of K = 36 teacher embeddings. action-ray keeps one
-*logical* bank for the whole job (method.md Part A, A2): at every enqueue each rank all-gathers
+*logical* bank for the whole job (method.md §3.4): at every enqueue each rank all-gathers
 the keys of all ranks and writes the same global batch, in rank order, so all replicas hold
 byte-identical banks. The trade-off (as in lightly's memory bank): a gathered bank is fresher and
 its meaning does not depend on the number of workers (K = ``bank_batches`` x global batch, the

@@ -1,8 +1,8 @@
 """The typed training configuration: one validated object drives a laptop run and a cluster run.
 
 Why pydantic with ``extra="forbid"``: a misspelt key in a 30 000-iteration GPU job must fail at
-submission, not be ignored. Every default is the published value (method.md Part B §9), except
-where Part A (A3) deliberately departs; those departures are named options
+submission, not be ignored. Every default is the published value (method.md §7), except
+where §8.1 deliberately departs; those departures are named options
 (``distill.local_layout``, ``ft.warp_labels``, ``ft.ema_steps_per_iter``, ``ft.geo_aug``,
 ``ft.anco_negatives``, ``ft.teacher_eval``). ``distill.teacher_head`` was one; it is back at the
 published ``grad`` since the validation protocol chose it (docs/tune.md), ``ema`` stays an option.
@@ -157,7 +157,7 @@ class DataConfig(_Section):
     )
     label_ratio: float | None = Field(None, gt=0, le=1, description="fraction of train patients labelled")
     labelled_patients: int | None = Field(
-        None, ge=1, description="number of labelled train patients (§9: 1; defaults to 1 if no ratio)"
+        None, ge=1, description="number of labelled train patients (§7: 1; defaults to 1 if no ratio)"
     )
     split_seed: int = Field(0, description="seed of the patient-level labelled/unlabelled split")
     dims: Literal[2, 3] = 2
@@ -177,7 +177,7 @@ class DataConfig(_Section):
     intensity_window: tuple[float, float] | None = Field(
         None, description="clip to [lo, hi] before normalising (CT: e.g. [-125, 275] HU)"
     )
-    pretrain_labelled_batch: int = Field(3, ge=1, description="labelled slices per P1/P2 batch (§2.2)")
+    pretrain_labelled_batch: int = Field(3, ge=1, description="labelled slices per P1/P2 batch (§7)")
     pretrain_unlabelled_batch: int = Field(3, ge=0, description="unlabelled slices per P1/P2 batch")
     ft_labelled_batch: int = Field(4, ge=1, description="labelled slices per FT batch")
     ft_unlabelled_batch: int = Field(4, ge=1, description="unlabelled slices per FT batch")
@@ -222,13 +222,13 @@ class DataConfig(_Section):
 
     @property
     def pretrain_batch(self) -> int:
-        """Slices per P1/P2 batch on one worker (labelled first, as in §2.2)."""
+        """Slices per P1/P2 batch on one worker (labelled first, as in §7)."""
         return self.pretrain_labelled_batch + self.pretrain_unlabelled_batch
 
 
 # -------------------------------------------------------------------------------------- model
 class ModelConfig(_Section):
-    """Network sizes (§3): the UNet preset or explicit widths, and the head dimensions."""
+    """Network sizes (§2): the UNet preset or explicit widths, and the head dimensions."""
 
     preset: Literal["paper", "cpu"] | None = Field(None, description="named widths; 'paper' = 16…256")
     widths: tuple[int, ...] | None = Field(None, description="explicit channel widths, 5 levels")
@@ -281,7 +281,7 @@ class ModelConfig(_Section):
 class StageConfig(_Section):
     """Optimiser and schedule of one stage.
 
-    Published (§5.6): SGD with lr = lr·(1 − t/iterations)^poly_power. ``optimizer=adamw`` with
+    Published (§3.6): SGD with lr = lr·(1 − t/iterations)^poly_power. ``optimizer=adamw`` with
     ``lr_schedule=onecycle`` (torch's ``OneCycleLR``: warm-up over ``warmup_fraction``, then
     cosine annealing) is the short-run recipe of the CPU quality preset (docs/method.md).
     """
@@ -306,14 +306,14 @@ class StageConfig(_Section):
         return self
 
 
-#: Where a stage's defaults differ from `StageConfig`'s (FT alone uses Nesterov, §6.7). A
+#: Where a stage's defaults differ from `StageConfig`'s (FT alone uses Nesterov, §4.6). A
 #: partial stage block (``ft: {iterations: 100}`` or ``schedule.ft.iterations=5``) is merged
 #: onto these, so naming one key never silently resets the others to another stage's values.
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {"p1": {}, "p2": {}, "ft": {"nesterov": True}}
 
 
 class ScheduleConfig(_Section):
-    """Per-stage settings; FT alone uses Nesterov (§6.7)."""
+    """Per-stage settings; FT alone uses Nesterov (§4.6)."""
 
     p1: StageConfig = Field(default_factory=lambda: StageConfig(**STAGE_DEFAULTS["p1"]))
     p2: StageConfig = Field(default_factory=lambda: StageConfig(**STAGE_DEFAULTS["p2"]))
@@ -339,13 +339,13 @@ class ScheduleConfig(_Section):
 
 # ---------------------------------------------------------------------------------- distill
 class DistillConfig(_Section):
-    """Pre-training (P1/P2) contrastive distillation (§5) and its views (§5.1)."""
+    """Pre-training (P1/P2) contrastive distillation (§3) and its views (§3.1)."""
 
     student_temperature: float = Field(0.1, gt=0, description="T_s")
     teacher_temperature: float = Field(0.01, gt=0, description="T_t (ACDC 0.01, LA 0.6)")
     global_weight: float = Field(1.0, ge=0, description="k1, weight of L_glob")
     local_weight: float = Field(1.0, ge=0, description="k2, weight of L_loc (P2 only)")
-    bank_batches: int | None = Field(None, ge=1, description="K = bank_batches × global batch (§A2: 6)")
+    bank_batches: int | None = Field(None, ge=1, description="K = bank_batches × global batch (§3.4: 6)")
     bank_size: int | None = Field(None, ge=1, description="explicit K (instead of bank_batches)")
     local_layout: Literal["per_position", "faithful"] = "per_position"
     teacher_head: Literal["ema", "grad"] = "grad"  # published; won the protocol (docs/tune.md)
@@ -367,7 +367,7 @@ class DistillConfig(_Section):
 
 # --------------------------------------------------------------------------------------- ft
 class FineTuneConfig(_Section):
-    """Fine-tuning with pseudo-labels and anatomical contrast (§6)."""
+    """Fine-tuning with pseudo-labels and anatomical contrast (§4)."""
 
     strong_threshold: float = Field(0.97, gt=0, le=1, description="δ_s")
     weak_threshold: float = Field(0.7, gt=0, le=1, description="δ_w")
@@ -390,7 +390,7 @@ class FineTuneConfig(_Section):
     warp_p: float = Field(0.5, ge=0, le=1)
     warp_epsilon: float = Field(1.5, ge=0)
     warp_labels: bool = True
-    geo_aug: bool = True  # Part A A3: rot90 + flip + small rotation (published code: none)
+    geo_aug: bool = True  # §8.1: rot90 + flip + small rotation (published code: none)
     scale_range: tuple[float, float] = Field(
         (1.0, 1.0),
         description="with geo_aug, zoom factor range (log-uniform; (1, 1): no zoom, the published recipe)",
@@ -412,7 +412,7 @@ class FineTuneConfig(_Section):
 
 
 class MeanTeacherConfig(_Section):
-    """Mean Teacher baseline (A4): MSE on softmax, sigmoid ramp-up of the weight."""
+    """Mean Teacher baseline (§5): MSE on softmax, sigmoid ramp-up of the weight."""
 
     consistency: float = Field(0.1, ge=0)
     rampup_fraction: float = Field(
@@ -480,7 +480,7 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    """Evaluation protocol (§7) and validation during training (A3: best-on-val kept too)."""
+    """Evaluation protocol (§6) and validation during training (§8.1: best-on-val kept too)."""
 
     split: Literal["val", "test", "train"] = "test"
     val_every: int = Field(
@@ -598,7 +598,7 @@ class Config(_Section):
         return config_from_dict(data, "with_workers")
 
     def bank_size(self) -> int:
-        """K of the global distillation bank for this job (A2: bank_batches × global batch)."""
+        """K of the global distillation bank for this job (§3.4: bank_batches × global batch)."""
         global_batch = self.data.pretrain_batch * max(1, self.train.num_workers)
         return self.distill.resolved_bank_size(global_batch)
 

@@ -56,7 +56,7 @@ EMPTY_CONVENTIONS: dict[str, str] = {
         "jaccard 0, distances NaN (no surface to measure; excluded from means and counted)"
     ),
     "action": (
-        "ACTION / SSL4MIS protocol (method.md section 7): pred non-empty and gt empty -> "
+        "ACTION / SSL4MIS protocol (method.md §6): pred non-empty and gt empty -> "
         "(dice, jaccard, hd95, asd) = (1, 1, 0, 0); pred empty (whatever gt) -> (0, 0, 0, 0); "
         "assd follows asd"
     ),

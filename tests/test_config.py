@@ -24,7 +24,7 @@ def test_defaults_are_the_papers_section_9_values():
         stage = cfg.stage(name)
         assert (stage.iterations, stage.lr, stage.momentum) == (30000, 0.01, 0.9)
         assert (stage.weight_decay, stage.poly_power) == (1e-4, 0.9)
-        assert stage.nesterov is (name == "ft")  # Nesterov only in FT (§9)
+        assert stage.nesterov is (name == "ft")  # Nesterov only in FT (§7)
     assert cfg.ema_momentum == 0.99
     d = cfg.distill
     assert (d.student_temperature, d.teacher_temperature) == (0.1, 0.01)
@@ -37,7 +37,7 @@ def test_defaults_are_the_papers_section_9_values():
     assert f.mix == "cutmix" and f.warp_p == 0.5 and f.warp_epsilon == 1.5
     assert cfg.train.seed == 1337 and cfg.train.checkpoint_every == 1000
     assert (cfg.mean_teacher.consistency, cfg.mean_teacher.rampup_fraction) == (0.1, 1.0)
-    # Part A (A3) departures are the defaults, each a named option.
+    # the departures of method.md §8.1 are the defaults, each a named option.
     assert (d.teacher_head, d.local_layout, d.shuffle_bn) == ("grad", "per_position", False)
     assert (f.warp_labels, f.geo_aug, f.ema_steps_per_iter) == (True, True, 1)
     assert (f.anco_negatives, f.teacher_eval) == ("batch", False)

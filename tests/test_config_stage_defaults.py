@@ -1,4 +1,4 @@
-"""A partial stage block keeps that stage's own defaults (FT: Nesterov, §6.7).
+"""A partial stage block keeps that stage's own defaults (FT: Nesterov, §4.6).
 
 Before the fix, ``schedule.ft: {iterations: 100}`` (cpu-demo) or ``schedule.ft.iterations=5``
 built a fresh StageConfig and silently trained FT without Nesterov.

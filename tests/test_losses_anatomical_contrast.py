@@ -1,4 +1,4 @@
-"""Anatomical contrast L_anco (method.md §6.6): exact value given the draws, and the draws'
+"""Anatomical contrast L_anco (method.md §4.4): exact value given the draws, and the draws'
 distributions (chi-square tests with fixed seeds)."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _flat_pixels(num_images, spatial):
 
 def reference_loss_from_samples(rep, onehot, valid, probs, samples, threshold, tau,
                                 bank=None):
-    """L_anco written from §6.6 with loops, using the implementation's draws.
+    """L_anco written from §4.4 with loops, using the implementation's draws.
 
     Also checks that every draw is a legal one: queries in H_c, negative classes present and
     different from c, negative pixels in A_c' (or filled bank rows of c').

@@ -70,7 +70,7 @@ def test_local_per_position_matches_formula():
 
 def test_local_faithful_matches_published_reshapes():
     """Rows are consecutive P-long chunks of the (P, B, D) memory; the bank is transposed to
-    (P, K, D) and cut the same way (method.md §5.4, faithful layout)."""
+    (P, K, D) and cut the same way (method.md §3.3, faithful layout)."""
     num_patches, batch, dim, bank_size = 4, 3, 5, 6  # D not a multiple of P: rows straddle
     student = _rand(num_patches, batch, dim, seed=7)
     teacher = _rand(num_patches, batch, dim, seed=8)
@@ -206,7 +206,7 @@ def test_bad_shapes_and_temperatures_raise():
 
 
 def test_bank_may_be_enqueued_in_place_between_forward_and_backward():
-    """§5.2 computes the logits, *then* enqueues the teacher keys, then steps: the in-place
+    """§3.6 computes the logits, *then* enqueues the teacher keys, then steps: the in-place
     bank write must neither raise nor change the gradient."""
     student = _rand(6, 8, seed=18).requires_grad_()
     patches = _rand(3, 6, 8, seed=19).requires_grad_()

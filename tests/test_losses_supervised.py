@@ -1,6 +1,6 @@
 """Supervised, pseudo-label and Mean Teacher losses against float64 references from the formulas.
 
-The references below are written from method.md §6.4 / §6.5 / A4 with explicit Python loops
+The references below are written from method.md §3.5 / §4.3 / §5 with explicit Python loops
 over pixels and classes, independent of the vectorised implementations.
 """
 

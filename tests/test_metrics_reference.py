@@ -122,7 +122,7 @@ def test_case_metrics_mm_and_voxels_match_medpy_per_class():
 
 
 def _ssl4mis_protocol(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float, float, float]:
-    """The published per-case rule (method.md section 7) on top of medpy, in voxel units."""
+    """The published per-case rule (method.md §6) on top of medpy, in voxel units."""
     if pred.sum() > 0 and gt.sum() > 0:
         return (medpy_binary.dc(pred, gt), medpy_binary.jc(pred, gt),
                 medpy_binary.hd95(pred, gt), medpy_binary.asd(pred, gt))

@@ -125,7 +125,7 @@ def test_teacher_moves_only_by_the_ema_formula(stage):
     run(state, step, batch, config, 1)  # let student and teacher differ first
     teacher_before, student_before = _snapshot(model.teacher), _snapshot(model.student)
     run(state, step, batch, config, 1)
-    # P1/P2: EMA from the pre-step student (§5.2); FT: after the optimiser step (§6.1)
+    # P1/P2: EMA from the pre-step student (§3.6); FT: after the optimiser step (§4.6)
     student_used = student_before if stage == "p2" else _snapshot(model.student)
     for t_new, t_old, s in zip(model.teacher.parameters(), teacher_before, student_used):
         torch.testing.assert_close(t_new, m * t_old + (1 - m) * s, rtol=0, atol=1e-6)

@@ -1,4 +1,4 @@
-"""Validation during training and the best-on-validation checkpoint (method.md A3).
+"""Validation during training and the best-on-validation checkpoint (method.md §8.1).
 
 Unit tests of the schedule and of the keep-best logic on hand-made checkpoint directories
 (local and on a moto S3), the callback on real untrained checkpoints scored on a tiny val

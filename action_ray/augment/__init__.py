@@ -3,12 +3,12 @@
 Every op takes a whole batch on any device plus an optional ``torch.Generator`` on that
 device, draws all its random parameters there in one call, and has no Python loop over images
 and no host sync, so it can sit inside a training step on the worker's GPU. Images are float
-throughout (no 8-bit round trip; method.md A3).
+throughout (no 8-bit round trip; method.md §8.1).
 
 Modules, one job each:
-  ``mix``          cutmix / classmix / cutout of an unlabelled batch with pseudo-labels (§6.3.1)
-  ``photometric``  brightness/contrast jitter, per-image Gaussian blur, pre-training views (§5.1)
-  ``warp``         random smooth diffeomorphic warp of images and labels (§6.3.3, A3 fix)
+  ``mix``          cutmix / classmix / cutout of an unlabelled batch with pseudo-labels (§4.2)
+  ``photometric``  brightness/contrast jitter, per-image Gaussian blur, pre-training views (§3.1)
+  ``warp``         random smooth diffeomorphic warp of images and labels (§4.2, §8.1 fix)
   ``geometric``    rot90/flip and small rotations (``geo_aug``)
   ``compose``      ``StrongAugment`` / ``WeakAugment`` used by the FT stage
 """

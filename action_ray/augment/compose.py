@@ -2,7 +2,7 @@
 
 ``StrongAugment`` turns the teacher's clean unlabelled batch and its pseudo-labels into the
 student's input, in the published order mix → photometric → warp, plus geometric transforms
-after them when ``geo_aug`` is on (method.md §6.3, A3). ``WeakAugment`` is what the labelled
+after them when ``geo_aug`` is on (method.md §4.2, §8.1). ``WeakAugment`` is what the labelled
 batch gets: nothing in the published recipe, rot90/flip/rotation with ``geo_aug``.
 Both are frozen dataclasses so that a run's config can build them once and save them as data.
 """
@@ -65,7 +65,7 @@ class GeometricAugment:
 class StrongAugment:
     """Strong augmentation of the unlabelled student input (FT stage).
 
-    Defaults are the published 2-D recipe (§9) with the A3 departures: float photometrics and
+    Defaults are the published 2-D recipe (§7) with the §8.1 departures: float photometrics and
     pseudo-labels warped with the images (``warp_labels=False`` restores the published
     behaviour of warping only the images). For z-scored 3-D volumes, the published 3-D recipe is
     ``mix="classmix"``, ``brightness=contrast=(0.98, 1.02)``, ``clamp=None``, ``warp_p=0``.

@@ -1,4 +1,4 @@
-"""Geometric augmentation (flag ``geo_aug``, method.md A3 / §10.7): rot90 + flip, rotation, zoom.
+"""Geometric augmentation (flag ``geo_aug``, method.md §4.2, §8.1): rot90 + flip, rotation, zoom.
 
 The published 2-D code has these SSL4MIS transforms commented out; ACTION++ and the SSL4MIS
 papers state them, so action-ray offers them on the device, per image, without a loop:
@@ -12,7 +12,7 @@ papers state them, so action-ray offers them on the device, per image, without a
   hypertrophic heart at end-systole next to a dilated one).
 
 In 3-D both act in the axial (H, W) plane of every depth slice, as the LA pipeline's rot90/flip
-does (§2.4).
+does (§4.2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Mixing of an unlabelled batch with its pseudo-labels and confidences (method.md §6.3.1).
+"""Mixing of an unlabelled batch with its pseudo-labels and confidences (method.md §4.2).
 
 Image i is mixed with image (i + 1) mod B of the same batch. One boolean mask ``keep`` of shape
 (B, *S) per batch says, per pixel, whether the pixel comes from image i (True) or from its

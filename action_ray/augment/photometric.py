@@ -1,8 +1,8 @@
 """Photometric augmentation on float batches: brightness/contrast jitter and Gaussian blur.
 
 The published code quantises each image to 8 bits and runs PIL per image on the CPU; here the
-same operations run on the whole float batch on its own device (method.md A3), with per-image
-random parameters drawn in one call. The pre-training views of §5.1 are built from the same
+same operations run on the whole float batch on its own device (method.md §8.1), with per-image
+random parameters drawn in one call. The pre-training views of §3.1 are built from the same
 pieces in :func:`pretrain_views`.
 """
 
@@ -66,7 +66,7 @@ def brightness_contrast(
     """Per-image colour jitter: with probability p, brightness and contrast in random order.
 
     images: (B, C, *S) float in any range; returns a new tensor of the same shape. Use
-    ``clamp=None`` for z-scored volumes (method.md §10.12: clamping MRI z-scores to [0, 1] is
+    ``clamp=None`` for z-scored volumes (method.md §4.2: clamping MRI z-scores to [0, 1] is
     the 3-D bug to avoid).
     """
     spatial_ndim(images)
@@ -130,7 +130,7 @@ def gaussian_blur(
     """Per-image Gaussian blur: with probability p, sigma ~ U[sigma] (pixels), per image.
 
     images: (B, C, *S) float; returns a new tensor. Works for 2-D and 3-D batches (a 3-D blur
-    over all three axes, as §10.12 recommends for volumes).
+    over all three axes, as §4.2 recommends for volumes).
     """
     spatial_ndim(images)
     check_range("sigma", sigma, positive=True)
@@ -149,7 +149,7 @@ def pretrain_views(
     sigma: Range = (0.15, 1.15),
     clamp: Range | None = (0.0, 1.0),
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Student and teacher views for pre-training, method.md §5.1 with ``combinations = 2``.
+    """Student and teacher views for pre-training, method.md §3.1 with ``combinations = 2``.
 
     x: (B, C, *S) float. Returns (student_view, teacher_view), two new tensors that share no
     storage with each other or with ``x``:
@@ -160,7 +160,7 @@ def pretrain_views(
     The batch-level coin flips are tensors used in ``torch.where``, so no host sync is needed;
     the price is computing the jitter and blur even when they are not used.
     For z-scored 3-D volumes pass ``clamp=None`` and a mild ``jitter`` such as (0.98, 1.02)
-    (§10.12).
+    (§4.2).
     """
     spatial_ndim(x, "x")
     check_range("jitter", jitter)

@@ -1,8 +1,8 @@
-"""Random smooth (diffeomorphic) deformation of a batch, method.md §6.3.3 with the A3 fix.
+"""Random smooth (diffeomorphic) deformation of a batch, method.md §4.2 with the §8.1 fix.
 
 A random velocity field on a coarse control grid is normalised, smoothed, upsampled and
 integrated by scaling and squaring into a displacement, which then warps the images
-(bilinear) and, unlike the published code (§10.9), the pseudo-labels and confidences too
+(bilinear) and, unlike the published code (§8.1), the pseudo-labels and confidences too
 (nearest), so the targets stay aligned with what the student sees.
 
 Fields are kept channel-first, (B, nd, *S), with channel k being grid_sample's k-th coordinate:
@@ -25,7 +25,7 @@ from action_ray.augment.common import (
 )
 from action_ray.augment.photometric import blur_with_sigma
 
-_SMOOTH_SIGMA = 1.0  # σ of both Gaussian smoothings, in grid cells / pixels (§6.3.3)
+_SMOOTH_SIGMA = 1.0  # σ of both Gaussian smoothings, in grid cells / pixels (§4.2)
 _SMOOTH_RADIUS = 4
 
 
@@ -79,7 +79,7 @@ def random_displacement(
 
     Scale: the unit norm is spread over nd·grid^nd numbers, so the motion ε buys depends on
     grid and nd. Measured at grid 32 in 2-D, ε = 1.5 moves the pixels of a 256² image by about
-    0.9 px on average and up to about 5 px ("a few pixels", §6.3.3). In 3-D the same ε gives
+    0.9 px on average and up to about 5 px ("a few pixels", §4.2). In 3-D the same ε gives
     much less motion; raise ε if you warp volumes (the published 3-D recipe does not warp).
     """
     ndim = spatial_ndim(images)

@@ -5,7 +5,7 @@ skipped when already there), runs the ``tune-quality-<profile>`` sweep (FIFO: ev
 needed; 2+ labelled-subset draws per cell) and prints, per label amount (1 patient, ≈5 %,
 ≈10 %, 100 %) and method, the test-split Dice and HD95 (mm) as mean ± sd over draws, per class
 and averaged, with the exact command and its wall time. The test split is evaluated once per
-finished trial and never used for selection (method.md A3).
+finished trial and never used for selection (method.md §8.1).
 
 Profiles (phantom count and size here; training sizes in the sweep presets):
 

@@ -9,7 +9,7 @@ SGD). The table shows the median of ``--steps`` timed steps after ``--warmup`` u
 the ratio to the floor (stage and floor steps alternate, so load changes hit both); on CUDA every timing is bracketed by ``torch.cuda.synchronize`` and the
 peak allocated memory of each row is reported.
 
-Batch sizes: P1/P2 take ``--batch`` slices (first half labelled, §2.2); FT and Mean Teacher take
+Batch sizes: P1/P2 take ``--batch`` slices (first half labelled, §7); FT and Mean Teacher take
 ``--batch`` labelled + ``--batch`` unlabelled slices; supervised takes ``--batch`` labelled. The
 published implementation's times on an H200 (paper preset, 256², 6 / 4+4 slices) are printed
 next to the CUDA numbers: P2 0.062 s, FT 0.44 s.

@@ -1,6 +1,6 @@
 """``evaluate_run``: a run's student on one split of a store → metrics.csv, summaries, montage.
 
-Protocol (method.md §7 and A3): every labelled case of the split is predicted whole (slice-wise
+Protocol (method.md §6 and §8.1): every labelled case of the split is predicted whole (slice-wise
 in 2-D, sliding window in 3-D, see ``inference.py``), then scored per foreground class on the
 3-D volume with Dice, Jaccard, HD95 and ASD in mm (stored spacing) and in voxels. Means are
 over cases per class, then over classes. The checkpoint is chosen before any test case is

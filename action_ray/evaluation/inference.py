@@ -5,7 +5,7 @@ training fed it, so the intensity normalisation and the 2-D resize are the data 
 functions (:func:`action_ray.data.normalize.normalize_array`,
 :func:`action_ray.data.resize.resize_slices`), called with the run's settings, never re-implemented.
 
-* **2-D** (slice-wise, the ACDC protocol of method.md §7): normalise the case with its stored
+* **2-D** (slice-wise, the ACDC protocol of method.md §6): normalise the case with its stored
   statistics → resize every slice to the training size with the training interpolation →
   student in eval mode → softmax → resize the *probabilities* back to the native grid
   (bilinear) → arg-max. Resizing probabilities instead of arg-max labels (the published code

@@ -10,7 +10,7 @@ Run directory layout (written by ``action_ray.train``; local or ``s3://``)::
 ``--checkpoint`` choices:
 
 * ``last`` (default): the final checkpoint of the run's last stage (``stages/ft`` for every
-  method: FT is the stage that is reported, method.md A3). An unfinished run falls back to the
+  method: FT is the stage that is reported, method.md §8.1). An unfinished run falls back to the
   newest periodic checkpoint of that stage, and says so.
 * ``best``: what the run recorded as best on the *validation* split (``result.json``'s
   ``best_checkpoint``, else ``<run>/best``), kept during training by
@@ -19,7 +19,7 @@ Run directory layout (written by ``action_ray.train``; local or ``s3://``)::
   leak. :func:`checkpoint_selection` says in the summary how the checkpoint was chosen.
 * a path or URL: a checkpoint directory (``meta.json`` + ``state.pt``) or another run directory.
 
-Only the student is rebuilt (the network that is evaluated, §7): its weights are the
+Only the student is rebuilt (the network that is evaluated, §6): its weights are the
 ``student.*`` entries of the saved model state, so no optimiser, bank or head is constructed.
 """
 

@@ -1,4 +1,4 @@
-"""Anatomical contrast L_anco (ReCo regional contrast), method.md Part B §6.6, vectorised.
+"""Anatomical contrast L_anco (ReCo regional contrast), method.md §4.4, vectorised.
 
 The published step loops over classes, queries and negatives in Python, moves indices to the
 host and samples with NumPy; it is the hot spot of fine-tuning. Here every class is handled at
@@ -119,7 +119,7 @@ def class_masks(
 def negative_class_probabilities(
     prototypes: torch.Tensor, candidates: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """π of §6.6: row c = softmax over candidate c' ≠ c of cos(r̄_c, r̄_c') / τ.
+    """π of §4.4: row c = softmax over candidate c' ≠ c of cos(r̄_c, r̄_c') / τ.
 
     Args:
         prototypes: (C, D) class mean representations.
@@ -354,7 +354,7 @@ def anatomical_contrast_loss(
     max_key_elements: int = DEFAULT_MAX_KEY_ELEMENTS,
     negative_path: str = "auto",
 ) -> torch.Tensor | tuple[torch.Tensor, ContrastSamples]:
-    """L_anco of §6.6, fully vectorised on the device of ``rep``.
+    """L_anco of §4.4, fully vectorised on the device of ``rep``.
 
     Args:
         rep: (N, D, *S) pixel representations with gradient ([labeled; unlabeled] in FT).

@@ -1,4 +1,4 @@
-"""Mean Teacher baseline pieces (method.md Part A, A4): softmax-MSE consistency and ramp-up.
+"""Mean Teacher baseline pieces (method.md §5): softmax-MSE consistency and ramp-up.
 
 The Mean Teacher baseline (Tarvainen & Valpola, as used by SSL4MIS) pulls the student's class
 probabilities towards the EMA teacher's with a squared error, weighted by a sigmoid-shaped

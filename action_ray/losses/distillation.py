@@ -1,10 +1,10 @@
-"""Contrastive distillation losses of pre-training: L_glob (§5.3) and L_loc (§5.4).
+"""Contrastive distillation losses of pre-training: L_glob (§3.2) and L_loc (§3.3).
 
 Both compare a student and a teacher *similarity distribution* over the anchors of a memory
 bank: p = softmax(cos(z, bank) / T), with a sharp teacher (T_t = 0.01) and a softer student
 (T_s = 0.1), and minimise KL(p_t || p_s) averaged over rows.
 
-Departures from the published code (method.md Part A, A3), each deliberate:
+Departures from the published code (method.md §8.1), each deliberate:
 
 * log-softmax throughout and ``kl_div(..., log_target=True)``: at T_t = 0.01 the teacher
   softmax underflows to exact zeros and softmax-then-log produces NaN (``0 * log 0``);
@@ -62,7 +62,7 @@ def global_distillation_loss(
     teacher_temperature: float = 0.01,
     detach_target: bool = True,
 ) -> torch.Tensor:
-    """L_glob of §5.3: KL between teacher and student similarity distributions over the bank.
+    """L_glob of §3.2: KL between teacher and student similarity distributions over the bank.
 
     L = (1/B) Σ_i Σ_k p_t(i,k) [log p_t(i,k) - log p_s(i,k)], with
     p(i,k) = softmax_k cos(z_i, bank_k) / T. The bank is read as a constant (it holds teacher
@@ -107,13 +107,13 @@ def _per_position_log_probs(
 
 
 def _faithful_rows(patches: torch.Tensor) -> torch.Tensor:
-    """Published row cut: the (P, B, D) memory read as (B·D) rows of P numbers (§5.4, 1)."""
+    """Published row cut: the (P, B, D) memory read as (B·D) rows of P numbers (§3.3)."""
     num_patches, batch, dim = patches.shape
     return patches.contiguous().reshape(batch * dim, num_patches)
 
 
 def _faithful_bank_rows(bank: torch.Tensor) -> torch.Tensor:
-    """Published bank matrix: (K, P, D) -> transpose (P, K, D) -> (K·D) rows of P (§5.4, 3)."""
+    """Published bank matrix: (K, P, D) -> transpose (P, K, D) -> (K·D) rows of P (§3.3)."""
     bank_size, num_patches, dim = bank.shape
     return bank.transpose(0, 1).contiguous().reshape(bank_size * dim, num_patches)
 
@@ -127,7 +127,7 @@ def local_distillation_loss(
     layout: LocalLayout = "per_position",
     detach_target: bool = True,
 ) -> torch.Tensor:
-    """L_loc of §5.4 over patch embeddings, in one of two bank layouts.
+    """L_loc of §3.3 over patch embeddings, in one of two bank layouts.
 
     ``per_position`` (action-ray default, the "clean" design): the embedding of patch p of
     image b is compared with the K bank entries of the same position p,
@@ -141,7 +141,7 @@ def local_distillation_loss(
     layout.
 
     Args:
-        student: (P, B, D) student patch embeddings (patch-major, as stacked in §5.4).
+        student: (P, B, D) student patch embeddings (patch-major, as stacked in §3.3).
         teacher: (P, B, D) teacher patch embeddings.
         bank: (K, P, D) past teacher entries, read as constants.
         student_temperature: T_s.

@@ -1,4 +1,4 @@
-"""Unsupervised pseudo-label loss L_unsup, ReCo style (method.md Part B §6.5).
+"""Unsupervised pseudo-label loss L_unsup, ReCo style (method.md §4.3).
 
 Every pixel of the (mixed) unlabeled batch is supervised by its hard pseudo-label; confidence
 enters only through a per-image weight, the fraction of pixels above the strong threshold.
@@ -20,7 +20,7 @@ def pseudo_label_loss(
     confidence: torch.Tensor,
     strong_threshold: float = 0.97,
 ) -> torch.Tensor:
-    """L_unsup of §6.5: mean over pixels with positive CE of w_b · CE.
+    """L_unsup of §4.3: mean over pixels with positive CE of w_b · CE.
 
     w_b = #{x: confidence_b(x) >= strong_threshold} / #{x: pseudo_label_b(x) >= 0} is one
     weight per image; ℓ_b(x) = CE(logits_b(x), pseudo_label_b(x)) with label -1 ignored

@@ -1,4 +1,4 @@
-"""Supervised segmentation loss: 0.5 * (cross-entropy + soft Dice), method.md Part B §6.4.
+"""Supervised segmentation loss: 0.5 * (cross-entropy + soft Dice), method.md §3.5.
 
 Used on the labeled images in P2 and FT. The Dice term follows the published form exactly:
 softmax probabilities, *squared* denominators, smoothing 1e-5, the background class included,
@@ -26,7 +26,7 @@ def _check_logits_target(logits: torch.Tensor, target: torch.Tensor) -> None:
 def dice_loss(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1
 ) -> torch.Tensor:
-    """Soft multi-class Dice loss of §6.4, background included.
+    """Soft multi-class Dice loss of §3.5, background included.
 
     Dice_c = 1 - (2 Σ p_c g_c + s) / (Σ p_c² + Σ g_c² + s), s = 1e-5, L = mean_c Dice_c, where
     p = softmax(logits) and g = one-hot(target), the sums running over every image and pixel of
@@ -56,7 +56,7 @@ def dice_loss(
 def supervised_loss(
     logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1
 ) -> torch.Tensor:
-    """L_sup = 0.5 * (CE + Dice) of §6.4 for 2-D or 3-D logits.
+    """L_sup = 0.5 * (CE + Dice) of §3.5 for 2-D or 3-D logits.
 
     CE is the mean over all non-ignored pixels of the batch (the published code has no ignored
     pixels, where this is the plain mean over all pixels); a batch with every pixel ignored

@@ -1,7 +1,7 @@
 """`ActionModel`: every network of one ACTION run in one module, so that one `state_dict`
 checkpoints it and one call says what a stage trains.
 
-Contents (method.md Part B §3.3, §4, Part A A3):
+Contents (method.md §2.2, §2.3, §8.1):
 
 * ``student`` / ``teacher``: two UNets; the teacher is an EMA of the student, never trained;
 * ``global_q`` -> ``global_predictor`` (student) and ``global_k`` (teacher) on the bottleneck;
@@ -107,7 +107,7 @@ class ActionModel(nn.Module):
 
     @torch.no_grad()
     def reset_heads(self) -> None:
-        """Re-initialise every head (P1 -> P2 hand-off: heads are not carried over, §10.16).
+        """Re-initialise every head (P1 -> P2 hand-off: heads are not carried over, §1).
 
         Uses the global torch RNG; with ``teacher_head="ema"`` the k-heads restart as copies of
         the new q-heads.

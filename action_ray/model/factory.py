@@ -1,6 +1,6 @@
 """Named model sizes, so a config says ``model: cpu`` or ``model: paper`` instead of numbers.
 
-``paper`` is the published network (method.md §3, §8); ``cpu`` halves every width and shrinks
+``paper`` is the published network (method.md §2.1); ``cpu`` halves every width and shrinks
 the heads so that a laptop or CI run of all three stages on 64x64 slices takes seconds per step.
 """
 
@@ -16,7 +16,7 @@ from action_ray.model.unet import PAPER_DROPOUT, PAPER_WIDTHS, UNet
 
 @dataclass(frozen=True)
 class HeadSizes:
-    """Sizes of the projection / predictor / representation heads (method.md §3.3, §9)."""
+    """Sizes of the projection / predictor / representation heads (method.md §2.2, §7)."""
 
     global_hidden: int
     global_dim: int
@@ -39,7 +39,7 @@ class ModelPreset:
 
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
-    # published: 2-D d_g 512 / P 8 / rep 512; 3-D d_g 128 / P 4 / rep 128 (method.md §9)
+    # published: 2-D d_g 512 / P 8 / rep 512; 3-D d_g 128 / P 4 / rep 128 (method.md §7)
     "paper": ModelPreset(
         widths=PAPER_WIDTHS,
         dropout=PAPER_DROPOUT,

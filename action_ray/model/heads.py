@@ -1,5 +1,5 @@
-"""Projection, predictor and representation heads of ACTION (method.md Part B §3.3), and the
-local-patch extraction that feeds the local heads (§5.4).
+"""Projection, predictor and representation heads of ACTION (method.md §2.2), and the
+local-patch extraction that feeds the local heads (§3.3).
 
 Every head is purely linear (no BN, no nonlinearity between layers), as in the published code:
 the distillation losses compare *similarity distributions*, and the heads only have to map the
@@ -116,7 +116,7 @@ def patch_starts(size: int, cut: int, stride: int, include_last: bool = False) -
     36 patches, rows 224-255 uncovered) and 64 / 16 / 8 gives 0, ..., 40 (again 36 patches).
     Published 3-D rule (``include_last=True``): every window that fits,
     ``range(0, size - cut + 1, stride)``; 112 / 20 / 10 gives 0..90 (10) and 80 / 20 / 10 gives
-    0..60 (7), the 10x10x7 = 700 cubes of §8.
+    0..60 (7), the 10x10x7 = 700 cubes of §3.3.
     """
     if cut < 1 or stride < 1:
         raise ValueError(f"cut and stride must be positive, got cut={cut}, stride={stride}")
@@ -143,7 +143,7 @@ def _window_view(x: torch.Tensor, cut: int, stride: int, include_last: bool) -> 
 def extract_local_patches(
     logits: torch.Tensor, cut: int = 64, stride: int = 32, include_last: bool | None = None
 ) -> torch.Tensor:
-    """Cut the local windows of §5.4 out of a logit map, without a Python loop.
+    """Cut the local windows of §3.3 out of a logit map, without a Python loop.
 
     logits: (B, C, H, W) or (B, C, D, H, W) -> (P, B, C, cut, cut[, cut]), patch-major, the
     patches ordered row-major by their start corner. The start rule is `patch_starts`;

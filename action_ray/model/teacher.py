@@ -1,4 +1,4 @@
-"""The momentum (EMA) teacher: theta_t <- m * theta_t + (1 - m) * theta_s (method.md Part B §4).
+"""The momentum (EMA) teacher: theta_t <- m * theta_t + (1 - m) * theta_s (method.md §2.3).
 
 `ema_update_` averages parameters only. BatchNorm running statistics are *not* copied: the
 published teacher runs in train mode (batch statistics) throughout, so its buffers only follow its

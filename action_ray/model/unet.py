@@ -5,7 +5,7 @@ returns the bottleneck (input of the global distillation heads) and the decoder-
 maps (input of the pixel representation head used by anatomical contrast), so that every stage
 of the method can be run from one forward pass.
 
-Layout (method.md Part B §3.1), for widths (w0..w4) = (16, 32, 64, 128, 256):
+Layout (method.md §2.1), for widths (w0..w4) = (16, 32, 64, 128, 256):
 
 * ConvBlock(cin, cout, p) = conv3 -> BN -> LeakyReLU(0.01) -> Dropout(p) -> conv3 -> BN -> LeakyReLU
 * encoder: e0 = ConvBlock(in, w0) at full size, e_i = MaxPool2 -> ConvBlock(w_{i-1}, w_i)
@@ -203,13 +203,13 @@ class UNet(nn.Module):
 
 
 class UNet2d(UNet):
-    """The SSL4MIS 2-D UNet of the published ACDC/LiTS runs (method.md §3.1); `UNet` with dims=2."""
+    """The SSL4MIS 2-D UNet of the published ACDC/LiTS runs (method.md §2.1); `UNet` with dims=2."""
 
     fixed_dims = 2
 
 
 class UNet3d(UNet):
-    """A 3-D UNet with the 2-D block structure, used in place of the published VNet (§3.2, §8).
+    """A 3-D UNet with the 2-D block structure, used in place of the published VNet (§2.1).
 
     This is *not* the UA-MT VNet: it keeps the 2-D layout (concat skips, ConvBlocks with
     BN + LeakyReLU + dropout, max-pooling) with 3-D convolutions, so both variants share one

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of one stage (method.md Part B §5.6, §6.7).
+"""Optimiser and learning-rate schedule of one stage (method.md §3.6, §4.6).
 
 Every stage starts a fresh optimiser over the parameters that stage trains. Published: SGD
 (momentum 0.9, weight decay 1e-4; Nesterov in FT only) with a poly schedule

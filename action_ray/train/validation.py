@@ -1,4 +1,4 @@
-"""Validation during training and the best-on-validation checkpoint (method.md A3).
+"""Validation during training and the best-on-validation checkpoint (method.md §8.1).
 
 The reported model is the last FT checkpoint; the best one *on the validation split* is kept
 too, so ``action-ray evaluate RUN --checkpoint best`` can score it. The test split is never

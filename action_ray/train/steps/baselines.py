@@ -1,4 +1,4 @@
-"""The baselines that share ACTION's data path and model (method.md Part A, A4).
+"""The baselines that share ACTION's data path and model (method.md §5).
 
 * `supervised_step`: the labelled images only, L_sup (the "UNet-L" / "UNet-F" rows).
 * `mean_teacher_step`: SSL4MIS Mean Teacher: one student forward over [labelled; unlabelled],

@@ -1,6 +1,6 @@
 """Plumbing shared by every stage step: inputs onto the device, module modes, the update.
 
-The update is the same in every stage (method.md §5.2 step 9, §6.1 step 10): backward, an
+The update is the same in every stage (method.md §3.6 step 9, §4.6 step 10): backward, an
 average of the gradients over workers, one SGD step, one schedule step. The gradient average
 is done here with one ``all_reduce`` of a flat buffer rather than by wrapping the student in
 DDP, because the steps call the student several times per iteration (FT: labelled, mixed and,
@@ -58,7 +58,7 @@ def crop_batch(state: TrainState, batch: dict[str, torch.Tensor]) -> dict[str, t
 
 def set_train_modes(state: TrainState, teacher_train: bool = True) -> None:
     """Student and heads in train mode; the teacher in train mode too unless ``teacher_train``
-    is False (published: the teacher always uses batch statistics and active dropout, §4)."""
+    is False (published: the teacher always uses batch statistics and active dropout, §2.3)."""
     state.model.train()
     state.model.teacher.train(teacher_train)
 

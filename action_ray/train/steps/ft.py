@@ -1,4 +1,4 @@
-"""FT: supervised + pseudo-label + anatomical contrast (method.md §6.1, with the A3 defaults).
+"""FT: supervised + pseudo-label + anatomical contrast (method.md §4.6, with the §8.1 defaults).
 
 Per iteration: pseudo-labels from the teacher on the clean unlabelled batch -> strong
 augmentation (mix, photometric, warp of images *and* pseudo-labels, optional geometric) ->
@@ -9,7 +9,7 @@ hot spot of the step: coarse levels are convolved before their up-sampling, and 
 visits only the query pixels, the only ones L_anco sends gradient to) ->
 L_sup + w_u·L_unsup + w_a·L_anco -> update -> EMA. ``ft.ema_steps_per_iter=2`` restores the
 published extra student forward on the clean batch (BN statistics only) and the extra EMA step
-before the update (§10.11). With ``ft.anco_negatives=bank`` the negatives come from the
+before the update (§8.1). With ``ft.anco_negatives=bank`` the negatives come from the
 global class-wise pixel bank, which is fed a class-balanced sample of this step's pixels.
 """
 
@@ -42,7 +42,7 @@ from action_ray.train.steps.representation import fast_representation
 
 @torch.no_grad()
 def pseudo_labels(state: TrainState, images: torch.Tensor, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """Teacher arg-max labels and max-probability confidences on a clean batch (§6.2).
+    """Teacher arg-max labels and max-probability confidences on a clean batch (§4.1).
 
     images (B, 1, *S) -> (labels (B, *S) long, confidence (B, *S) float32). The teacher runs in
     train mode (published) unless ``ft.teacher_eval``.

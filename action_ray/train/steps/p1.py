@@ -1,4 +1,4 @@
-"""P1: global contrastive distillation of the student *encoder* (method.md §5.2, §5.5, §10.15).
+"""P1: global contrastive distillation of the student *encoder* (method.md §3.6, §3.6, §3.6).
 
 The decoder is frozen at its random initialisation and the local branch has no effect in
 P1, so neither student nor teacher runs its decoder here: only the bottlenecks are computed.
@@ -17,7 +17,7 @@ from action_ray.train.steps.pretrain import global_branch, teacher_forward, view
 def p1_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
     """One P1 iteration on ``batch = {"image": (B, 1, *S), ...}`` (labels unused).
 
-    Order (§5.2): views -> EMA step of teacher (+ k-heads with ``teacher_head=ema``) from the
+    Order (§3.6): views -> EMA step of teacher (+ k-heads with ``teacher_head=ema``) from the
     pre-step student -> student encoder on the student view, teacher encoder on the teacher
     view -> L_glob against the bank -> enqueue the teacher keys (all ranks, rank order) ->
     update. Returns ``{"loss", "global"}`` (detached).

@@ -1,5 +1,5 @@
 """Pieces shared by the two pre-training steps (P1, P2): views, EMA, the global branch and
-the local branch (method.md Part B §5.1-§5.4, with the Part A A3 defaults).
+the local branch (method.md §3.1-§3.3, with the §8.1 defaults).
 
 ``distill.teacher_head`` decides how the teacher side is computed:
 
@@ -23,9 +23,9 @@ from action_ray.train.state import TrainState
 
 
 def views(state: TrainState, x: torch.Tensor, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """(student view, teacher view) of §5.1: shared jitter, teacher-only blur; (B, 1, *S) each.
+    """(student view, teacher view) of §3.1: shared jitter, teacher-only blur; (B, 1, *S) each.
 
-    3-D volumes are z-scored, so they are not clamped to [0, 1] (§10.12).
+    3-D volumes are z-scored, so they are not clamped to [0, 1] (§4.2).
     """
     d = config.distill
     return pretrain_views(
@@ -38,9 +38,9 @@ def views(state: TrainState, x: torch.Tensor, config: Config) -> tuple[torch.Ten
 def teacher_forward(
     state: TrainState, x_teacher: torch.Tensor, config: Config, encoder_only: bool = False
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """The target-producing teacher forward of §5.2 (step 4): (logits or None, bottleneck).
+    """The target-producing teacher forward of §3.6 (step 4): (logits or None, bottleneck).
 
-    With ``distill.shuffle_bn`` (MoCo's "shuffle BN", A2) the teacher runs on a random slice
+    With ``distill.shuffle_bn`` (MoCo's "shuffle BN", §3.4) the teacher runs on a random slice
     of the *global* batch (``distributed.shuffle_batch``) and its outputs are put back in this
     rank's order, so its BN batch statistics mix images of other ranks. ``encoder_only``
     (P1) runs just the encoder and returns ``(None, bottleneck)``.
@@ -69,7 +69,7 @@ def teacher_head_trained(config: Config) -> bool:
 def global_branch(
     state: TrainState, student_latent: torch.Tensor, teacher_latent: torch.Tensor, config: Config
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_glob (§5.3) against the current global bank, and the teacher keys to enqueue.
+    """L_glob (§3.2) against the current global bank, and the teacher keys to enqueue.
 
     student_latent, teacher_latent: (B, C_lat, *S_lat) bottlenecks (teacher without grad).
     Returns (loss scalar, z_t (B, d_g)).
@@ -87,7 +87,7 @@ def global_branch(
 
 
 def local_patch_embeddings(logits: torch.Tensor, heads: tuple[torch.nn.Module, ...], config: Config) -> torch.Tensor:
-    """Logits (B, C, *S) -> local embeddings (P, B, D_l) through ``heads`` (§5.4).
+    """Logits (B, C, *S) -> local embeddings (P, B, D_l) through ``heads`` (§3.3).
 
     Pools the whole map once and windows the pooled map when the cut/stride/pool sizes allow
     it (the published 64/32/8 and 20/10/4 do): 4x less work than pooling overlapping windows.
@@ -103,7 +103,7 @@ def local_patch_embeddings(logits: torch.Tensor, heads: tuple[torch.nn.Module, .
 def local_branch(
     state: TrainState, student_logits: torch.Tensor, teacher_logits: torch.Tensor, config: Config
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """L_loc (§5.4) in ``distill.local_layout`` against the local bank, and the teacher patch
+    """L_loc (§3.3) in ``distill.local_layout`` against the local bank, and the teacher patch
     embeddings (P, B, D_l) to enqueue (via ``local_bank_entries``)."""
     model, d = state.model, config.distill
     u_s = local_patch_embeddings(student_logits, (model.local_q, model.local_predictor), config)

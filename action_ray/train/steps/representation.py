@@ -10,7 +10,7 @@ Two exact ways, picked by `fast_representation`:
 Why: the head's 3x3 convolution over all decoder features (496 channels at 256² for the paper
 network) is the most expensive layer of the FT step, and its *backward* costs twice its
 forward. But the anatomical contrast sends gradient into the representations only at its
-query pixels (prototypes, negatives and bank keys are constants, method.md §6.6): at most
+query pixels (prototypes, negatives and bank keys are constants, method.md §4.4): at most
 C·M pixels of the N·H·W in the batch. `sparse_grad_representation` therefore computes the
 forward exactly as `RepresentationHead` does (same convolutions), keeps only its input, and in
 backward recomputes the head on the 3x3 (3x3x3) neighbourhoods of the ≤ ``max_pixels`` pixels
