@@ -14,7 +14,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "ingest": ("action_ray.bench.ingest", "ingest MB/s vs raw read+write, and peak RSS vs collection size"),
     "step": ("action_ray.bench.step", "per-stage step time vs a bare UNet forward/backward"),
     "stream": ("action_ray.bench.stream", "Ray Data samples/s vs a direct read loop vs step consumption"),
-    "bank": ("action_ray.bench.bank", "share of step time in the global bank enqueue, 1 vs 2 workers"),
+    "scale": ("action_ray.bench.scale", "P2/FT step at 1, 2, 4 workers and its communication share; --model: GPUs"),
     "quality": ("action_ray.bench.quality", "methods x label ratios Dice/HD95 table on cardiac phantoms"),
     "variants": ("action_ray.bench.variants", "training variants x draws, val Dice at fixed FT steps (no Ray)"),
 }
