@@ -63,6 +63,7 @@ HASH_EXCLUDED_KEYS = frozenset(
         "train.max_failures",
         "train.collective_timeout_s",
         "train.placement_strategy",
+        "train.worker_resources",
         "eval.batch_size",
     }
 )
@@ -428,6 +429,9 @@ class TrainConfig(_Section):
     num_workers: int = Field(1, ge=0, description="0 = Ray Train local mode in the driver")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0, description="fractional allowed (0.5 on 2-core CI)")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each worker also needs, e.g. {a100: 1} to "
+                                          "land on nodes started with --resources '{\"a100\": 8}'")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="how Ray places the workers: PACK fills a node first, SPREAD over nodes, "
                             "STRICT_SPREAD one worker per node")

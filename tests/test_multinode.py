@@ -26,8 +26,9 @@ def cluster(s3_server):
     started = LocalRayCluster(extra_env=s3_server.env)
     try:
         started.start(num_cpus=0)
-        started.add_node("a", num_cpus=2)  # a 0.5-CPU Train worker and Ray Data's read tasks
-        started.add_node("b", num_cpus=2)
+        # 2 CPUs: a 0.5-CPU Train worker and Ray Data's read tasks; one "slot" for the tune test
+        started.add_node("a", num_cpus=2, resources={"slot": 1})
+        started.add_node("b", num_cpus=2, resources={"slot": 1})
         yield started
     finally:
         started.stop()
@@ -87,6 +88,30 @@ def test_training_puts_one_worker_per_node_with_identical_replicas_and_runs_on_s
         ranks = row["nodes"].split(",")  # ...while running on different nodes
         assert len(ranks) == 2 and set(ranks) == {ids["a"][:12], ids["b"][:12]}, (row["nodes"], ids)
     assert read_result(run_dir)["step"] == 4
+
+
+def test_a_sweep_runs_its_two_concurrent_trials_on_different_nodes(cluster, tmp_path):
+    """Each trial's worker asks for the one ``slot`` a node has (``train.worker_resources``), so
+    two trials at once can only run on the two nodes; each trial records where it ran."""
+    from tests.test_tune_sweep import make_tune_store
+
+    ids = connected_node_ids(cluster)
+    store = str(tmp_path / "store.zarr")
+    make_tune_store(store)
+    done = subprocess.run(
+        [sys.executable, "-m", "action_ray.cli", "tune", "--config", "tune-cpu", f"data.store={store}",
+         f"tune.storage_path={tmp_path / 'sweeps'}", "tune.name=spread", "tune.scheduler=fifo",
+         "tune.max_concurrent_trials=2", "space.method={grid_search: [supervised]}",
+         "space.data.label_ratio=1.0",
+         "space.draw={grid_search: [{train.seed: 0, data.split_seed: 0}, {train.seed: 1, data.split_seed: 1}]}",
+         "data.slice_size=32", "schedule.ft.iterations=40", "train.report_every=10", "train.checkpoint_every=20",
+         "train.worker_resources={slot: 1}", "train.cpus_per_worker=0.5"],
+        env=cluster.env, capture_output=True, text=True, timeout=480)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = sorted((tmp_path / "sweeps" / "spread" / "runs").iterdir())
+    assert len(runs) == 2
+    where = [read_metrics(str(run))[-1]["nodes"] for run in runs]
+    assert sorted(where) == sorted([ids["a"][:12], ids["b"][:12]]), (where, ids)
 
 
 def test_losing_a_node_mid_run_restarts_on_the_other_from_the_s3_checkpoint(cluster, s3_env, tmp_path):

@@ -73,6 +73,7 @@ def build_trainer(config: Config, settings: LoopSettings, datasets: dict[str, An
     resources: dict[str, float] = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
+    resources.update(t.worker_resources)
     scaling = ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
                             placement_strategy=t.placement_strategy)
     run_config = RunConfig(
