@@ -104,7 +104,7 @@ def test_a_sweep_runs_its_two_concurrent_trials_on_different_nodes(cluster, tmp_
          "tune.max_concurrent_trials=2", "space.method={grid_search: [supervised]}",
          "space.data.label_ratio=1.0",
          "space.draw={grid_search: [{train.seed: 0, data.split_seed: 0}, {train.seed: 1, data.split_seed: 1}]}",
-         "data.slice_size=32", "schedule.ft.iterations=40", "train.report_every=10", "train.checkpoint_every=20",
+         "data.slice_size=32", "schedule.ft.iterations=20", "train.report_every=10", "train.checkpoint_every=10",
          "train.worker_resources={slot: 1}", "train.cpus_per_worker=0.5"],
         env=cluster.env, capture_output=True, text=True, timeout=480)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
