@@ -631,9 +631,12 @@ class Config(_Section):
         """16 hex digits identifying what the run computes (bookkeeping keys excluded).
 
         Batch sizes enter as global batches (per-worker batch × workers) and the worker count
-        itself does not: 2 workers × 4 slices and 1 worker × 8 slices compute the same run
-        (only the order in which rows reach the workers differs), which is what lets a run
-        resume on another number of workers (:meth:`with_workers`).
+        itself does not: 2 workers × 4 slices and 1 worker × 8 slices are the same run, which is
+        what lets a run resume on another number of workers (:meth:`with_workers`). They are the
+        same optimisation problem, not bit for bit the same computation: which rows reach which
+        worker, the per-rank batch-norm statistics and the per-rank sampling of anatomical-
+        contrast queries and pixel-bank keys (per worker, so their global count scales with the
+        workers) all differ.
         """
         flat = {k: v for k, v in _flatten(self.global_batch_form()).items() if not _excluded(k)}
         text = json.dumps(flat, sort_keys=True, separators=(",", ":"))

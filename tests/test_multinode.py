@@ -131,7 +131,7 @@ def test_losing_a_node_mid_run_restarts_on_the_other_from_the_s3_checkpoint(clus
     proc = subprocess.Popen(
         [sys.executable, "-m", "action_ray.cli", "train", *TINY_ACTION, "stages=[ft]", "method=supervised",
          f"data.store={store}", f"train.storage_path={storage}", "train.run_name=lost",
-         "train.placement_strategy=SPREAD", "train.max_failures=1", f"schedule.ft.iterations={iterations}",
+         "train.placement_strategy=SPREAD", "train.max_failures=3", f"schedule.ft.iterations={iterations}",
          f"train.report_every={report}", f"train.checkpoint_every={every}"],
         env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     fs = fsspec.filesystem("s3", **s3_env.storage_options)
@@ -150,9 +150,10 @@ def test_losing_a_node_mid_run_restarts_on_the_other_from_the_s3_checkpoint(clus
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(report, iterations + 1, report))  # none missing, none twice
     # each node's log monitor forwards the shared session logs here, so lines repeat: keep each once
+    # (a restart tried before the GCS has declared the node dead may fail once more: max_failures=3)
     starts = list(dict.fromkeys(int(m) for m in re.findall(r"stage ft: steps (\d+)\.\.", output)))
-    assert len(starts) == 2 and starts[0] == 1, (starts, output[-4000:])  # one restart
-    restarted_from = starts[1] - 1
+    assert len(starts) >= 2 and starts[0] == 1, (starts, output[-4000:])  # at least one restart
+    restarted_from = starts[-1] - 1
     assert restarted_from % every == 0 and restarted_from >= every
     # what was lost: the steps since that checkpoint, never more than checkpoint_every plus the
     # report window in flight when the node went (the last report before the kill was at before[-1])
