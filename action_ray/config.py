@@ -63,6 +63,7 @@ HASH_EXCLUDED_KEYS = frozenset(
         "train.max_failures",
         "train.collective_timeout_s",
         "train.placement_strategy",
+        "train.worker_resources",
         "eval.batch_size",
     }
 )
@@ -428,6 +429,9 @@ class TrainConfig(_Section):
     num_workers: int = Field(1, ge=0, description="0 = Ray Train local mode in the driver")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0, description="fractional allowed (0.5 on 2-core CI)")
+    worker_resources: dict[str, float] = Field(
+        default_factory=dict, description="custom Ray resources each worker also needs, e.g. {a100: 1} to "
+                                          "land on nodes started with --resources '{\"a100\": 8}'")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="how Ray places the workers: PACK fills a node first, SPREAD over nodes, "
                             "STRICT_SPREAD one worker per node")
@@ -627,9 +631,12 @@ class Config(_Section):
         """16 hex digits identifying what the run computes (bookkeeping keys excluded).
 
         Batch sizes enter as global batches (per-worker batch × workers) and the worker count
-        itself does not: 2 workers × 4 slices and 1 worker × 8 slices compute the same run
-        (only the order in which rows reach the workers differs), which is what lets a run
-        resume on another number of workers (:meth:`with_workers`).
+        itself does not: 2 workers × 4 slices and 1 worker × 8 slices are the same run, which is
+        what lets a run resume on another number of workers (:meth:`with_workers`). They are the
+        same optimisation problem, not bit for bit the same computation: which rows reach which
+        worker, the per-rank batch-norm statistics and the per-rank sampling of anatomical-
+        contrast queries and pixel-bank keys (per worker, so their global count scales with the
+        workers) all differ.
         """
         flat = {k: v for k, v in _flatten(self.global_batch_form()).items() if not _excluded(k)}
         text = json.dumps(flat, sort_keys=True, separators=(",", ":"))

@@ -28,14 +28,21 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct free ports on 127.0.0.1: every socket stays bound until all are chosen,
-    so the kernel cannot hand the same port out twice (two Ray agents on one port never start)."""
-    sockets = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(count)]
+def free_ports(count: int, avoid: set[int] | frozenset[int] = frozenset()) -> list[int]:
+    """``count`` distinct free ports on 127.0.0.1, none in ``avoid``: every socket stays bound
+    until all are chosen, so the kernel cannot hand the same port out twice (two Ray agents on
+    one port never start)."""
+    sockets: list[socket.socket] = []
+    chosen: list[int] = []
     try:
-        for sock in sockets:
+        while len(chosen) < count:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sockets.append(sock)
             sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
+            port = sock.getsockname()[1]
+            if port not in avoid:
+                chosen.append(port)
+        return chosen
     finally:
         for sock in sockets:
             sock.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -55,28 +56,41 @@ class LocalRayCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.gcs_port}"
 
-    def _start(self, name: str, extra: list[str], num_cpus: int) -> None:
-        node_manager, object_manager, agent_http, agent_grpc, metrics, runtime_env = free_ports(6)
-        args = [f"{BIN}/ray", "start", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
-                f"--resources={json.dumps({f'node_{name}': 1})}", f"--node-manager-port={node_manager}",
-                f"--object-manager-port={object_manager}", f"--dashboard-agent-listen-port={agent_http}",
-                f"--dashboard-agent-grpc-port={agent_grpc}", f"--metrics-export-port={metrics}",
-                f"--runtime-env-agent-port={runtime_env}", "--disable-usage-stats", *extra]
-        env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
-        with open(os.path.join(self.temp_dir, f"ray-start-{name}.log"), "w") as log:
-            # to a file, not a pipe: the daemons inherit the handles and a pipe never reaches EOF
-            subprocess.run(args, env=env, check=True, stdout=log, stderr=subprocess.STDOUT, timeout=180)
-        self.nodes[name] = RayNode(name, node_manager, self._raylet(node_manager))
+    def _start(self, name: str, extra: list[str], num_cpus: int, resources: dict[str, float] | None = None) -> None:
+        """``ray start`` for one node; retried with fresh ports (up to 3 times) because a port
+        found free can be taken by any other process before Ray binds it."""
+        log_path = os.path.join(self.temp_dir, f"ray-start-{name}.log")
+        for _ in range(3):
+            node_manager, object_manager, agent_http, agent_grpc, metrics, runtime_env, client = free_ports(7)
+            flags = list(extra)
+            if name == "head":  # the GCS and dashboard ports, drawn with the others so none repeats
+                self.gcs_port, self.dashboard_port = free_ports(2, avoid={node_manager, object_manager, agent_http,
+                                                                         agent_grpc, metrics, runtime_env, client})
+                flags += [f"--port={self.gcs_port}", f"--dashboard-port={self.dashboard_port}",
+                          f"--ray-client-server-port={client}"]
+            args = [f"{BIN}/ray", "start", "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}",
+                    f"--resources={json.dumps({f'node_{name}': 1, **(resources or {})})}",
+                    f"--node-manager-port={node_manager}", f"--object-manager-port={object_manager}",
+                    f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                    f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+                    "--disable-usage-stats", *flags]
+            env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
+            with open(log_path, "a") as log:
+                # to a file, not a pipe: the daemons inherit the handles and a pipe never reaches EOF
+                done = subprocess.run(args, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=180)
+            if done.returncode == 0:
+                self.nodes[name] = RayNode(name, node_manager, self._raylet(node_manager))
+                return
+        with open(log_path) as log:
+            raise RuntimeError(f"ray start of node {name} failed 3 times:\n{log.read()[-3000:]}")
 
     def start(self, num_cpus: int = 0) -> "LocalRayCluster":
-        self.gcs_port, self.dashboard_port = free_ports(2)
-        self._start("head", ["--head", f"--port={self.gcs_port}", f"--temp-dir={self.temp_dir}",
-                             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+        self._start("head", ["--head", f"--temp-dir={self.temp_dir}", "--dashboard-host=127.0.0.1",
                              "--include-dashboard=true"], num_cpus)
         return self
 
-    def add_node(self, name: str, num_cpus: int = 1) -> RayNode:
-        self._start(name, [f"--address={self.address}"], num_cpus)
+    def add_node(self, name: str, num_cpus: int = 1, resources: dict[str, float] | None = None) -> RayNode:
+        self._start(name, [f"--address={self.address}"], num_cpus, resources)
         return self.nodes[name]
 
     def _raylet(self, node_manager_port: int) -> psutil.Process | None:
@@ -115,7 +129,7 @@ class LocalRayCluster:
         roots = []
         for proc in psutil.process_iter(["cmdline"]):
             cmdline = " ".join(proc.info["cmdline"] or [])
-            if self.temp_dir in cmdline or (self.gcs_port and f":{self.gcs_port}" in cmdline):
+            if self.temp_dir in cmdline or (self.gcs_port and re.search(rf":{self.gcs_port}(?!\d)", cmdline)):
                 roots.append(proc)
         found = {p.pid: p for p in roots}
         for proc in roots:

@@ -199,5 +199,5 @@ def test_resume_checks_the_checkpoint_ray_resumes_from_not_a_half_copied_newer_o
     snapshot = {"checkpoint_results": [], "latest_checkpoint_result": {"checkpoint_dir_name": older.name}}
     (run / RAY_CHECKPOINT_SNAPSHOT).write_text(json.dumps(snapshot))
     assert latest_ray_checkpoint(str(run)) == str(older)
-    (run / RAY_CHECKPOINT_SNAPSHOT).write_text("{not json")  # unreadable: fall back, do not fail
-    assert latest_ray_checkpoint(str(run)) == str(newer)
+    (run / RAY_CHECKPOINT_SNAPSHOT).write_text("{not json")  # unreadable: no guess at a folder, no crash
+    assert latest_ray_checkpoint(str(run)) is None

@@ -1,6 +1,7 @@
 """``--resume`` on another number of workers (2 → 1 and 1 → 2): the global batch stays, the
-per-worker batch follows it, the global bank keeps its size and contents, every report step is
-logged once, and a global batch that cannot be split evenly is refused before Ray starts."""
+per-worker batch follows it, the global bank keeps its size, every report step is logged once,
+a repeated resume command works, a global batch that cannot be split evenly is refused before
+Ray starts, and ``--resume`` of a run that does not exist is refused with its name."""
 
 from __future__ import annotations
 
@@ -40,9 +41,14 @@ def test_resume_on_another_worker_count_keeps_the_global_batch_and_bank(ray_clus
     # the user changes only the worker count; the per-worker batch follows the global one
     again = config_for(store_url, storage, name, *P2_THEN_FT, *batches, f"train.num_workers={after}",
                        "train.resume=true")
+    # interrupted once more, then the very same command again: config.yaml now holds the rescaled
+    # batches, and the repeated command's per-worker batches are rescaled against it once more
+    partial = run_training(again, stop_after_steps=2, log=lines.append)
+    assert partial["interrupted"]
     done = run_training(again, log=lines.append)
     assert done["stage"] == "ft" and done["step"] == 4 and not done["interrupted"]
     assert any(f"resuming on {after} worker(s) instead of {before}" in line for line in lines), lines
+    assert any(f"resuming on {after} worker(s): per-worker batches set" in line for line in lines), lines
     run_dir = f"{storage}/{name}"
     saved = saved_config(run_dir)
     assert saved["train"]["num_workers"] == after and saved["data"]["ft_labelled_batch"] == 4 // after
@@ -72,3 +78,16 @@ def test_with_workers_keeps_the_hash_and_the_bank_size():
     assert isinstance(one, Config) and one.hash() == two.hash() and one.bank_size() == two.bank_size()
     assert one.data.ft_labelled_batch == 2 * two.data.ft_labelled_batch
     assert load_config("cpu-demo", ["train.num_workers=1"]).hash() != two.hash()  # half the global batch
+
+
+def test_resume_of_a_run_that_does_not_exist_is_refused_naming_it(store_url, tmp_path, capsys):
+    from action_ray.cli import main
+
+    base = ["train", "--config", "cpu-demo", f"data.store={store_url}", f"train.storage_path={tmp_path}",
+            "data.slice_size=32", "--resume"]
+    assert main([*base, "train.run_name=never"]) == 2
+    err = capsys.readouterr().err
+    assert "no run 'never'" in err and "drop --resume" in err
+    assert main(base) == 2  # a derived name: the message says how to name the run instead
+    assert "train.run_name=NAME" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -26,8 +26,9 @@ def cluster(s3_server):
     started = LocalRayCluster(extra_env=s3_server.env)
     try:
         started.start(num_cpus=0)
-        started.add_node("a", num_cpus=2)  # a 0.5-CPU Train worker and Ray Data's read tasks
-        started.add_node("b", num_cpus=2)
+        # 2 CPUs: a 0.5-CPU Train worker and Ray Data's read tasks; one "slot" for the tune test
+        started.add_node("a", num_cpus=2, resources={"slot": 1})
+        started.add_node("b", num_cpus=2, resources={"slot": 1})
         yield started
     finally:
         started.stop()
@@ -89,6 +90,30 @@ def test_training_puts_one_worker_per_node_with_identical_replicas_and_runs_on_s
     assert read_result(run_dir)["step"] == 4
 
 
+def test_a_sweep_runs_its_two_concurrent_trials_on_different_nodes(cluster, tmp_path):
+    """Each trial's worker asks for the one ``slot`` a node has (``train.worker_resources``), so
+    two trials at once can only run on the two nodes; each trial records where it ran."""
+    from tests.test_tune_sweep import make_tune_store
+
+    ids = connected_node_ids(cluster)
+    store = str(tmp_path / "store.zarr")
+    make_tune_store(store)
+    done = subprocess.run(
+        [sys.executable, "-m", "action_ray.cli", "tune", "--config", "tune-cpu", f"data.store={store}",
+         f"tune.storage_path={tmp_path / 'sweeps'}", "tune.name=spread", "tune.scheduler=fifo",
+         "tune.max_concurrent_trials=2", "space.method={grid_search: [supervised]}",
+         "space.data.label_ratio=1.0",
+         "space.draw={grid_search: [{train.seed: 0, data.split_seed: 0}, {train.seed: 1, data.split_seed: 1}]}",
+         "data.slice_size=32", "schedule.ft.iterations=20", "train.report_every=10", "train.checkpoint_every=10",
+         "train.worker_resources={slot: 1}", "train.cpus_per_worker=0.5"],
+        env=cluster.env, capture_output=True, text=True, timeout=480)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = sorted((tmp_path / "sweeps" / "spread" / "runs").iterdir())
+    assert len(runs) == 2
+    where = [read_metrics(str(run))[-1]["nodes"] for run in runs]
+    assert sorted(where) == sorted([ids["a"][:12], ids["b"][:12]]), (where, ids)
+
+
 def test_losing_a_node_mid_run_restarts_on_the_other_from_the_s3_checkpoint(cluster, s3_env, tmp_path):
     """Last in this module: it kills node ``a``. Ray Train starts a new worker group on ``b``
     from the last checkpoint in the bucket; the log holds every report step once."""
@@ -106,7 +131,7 @@ def test_losing_a_node_mid_run_restarts_on_the_other_from_the_s3_checkpoint(clus
     proc = subprocess.Popen(
         [sys.executable, "-m", "action_ray.cli", "train", *TINY_ACTION, "stages=[ft]", "method=supervised",
          f"data.store={store}", f"train.storage_path={storage}", "train.run_name=lost",
-         "train.placement_strategy=SPREAD", "train.max_failures=1", f"schedule.ft.iterations={iterations}",
+         "train.placement_strategy=SPREAD", "train.max_failures=3", f"schedule.ft.iterations={iterations}",
          f"train.report_every={report}", f"train.checkpoint_every={every}"],
         env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     fs = fsspec.filesystem("s3", **s3_env.storage_options)
@@ -125,9 +150,10 @@ def test_losing_a_node_mid_run_restarts_on_the_other_from_the_s3_checkpoint(clus
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(report, iterations + 1, report))  # none missing, none twice
     # each node's log monitor forwards the shared session logs here, so lines repeat: keep each once
+    # (a restart tried before the GCS has declared the node dead may fail once more: max_failures=3)
     starts = list(dict.fromkeys(int(m) for m in re.findall(r"stage ft: steps (\d+)\.\.", output)))
-    assert len(starts) == 2 and starts[0] == 1, (starts, output[-4000:])  # one restart
-    restarted_from = starts[1] - 1
+    assert len(starts) >= 2 and starts[0] == 1, (starts, output[-4000:])  # at least one restart
+    restarted_from = starts[-1] - 1
     assert restarted_from % every == 0 and restarted_from >= every
     # what was lost: the steps since that checkpoint, never more than checkpoint_every plus the
     # report window in flight when the node went (the last report before the kill was at before[-1])

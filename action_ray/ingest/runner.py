@@ -31,13 +31,15 @@ from action_ray.ingest.splits import assign_splits
 from action_ray.ingest.validate import AFFINE_TOLERANCE_MM, load_case
 from action_ray.ray_session import current_node
 from action_ray.recipes import DEFAULT_RECIPE_FOR_LAYOUT, Recipe, load_recipe, load_split_file
-from action_ray.urls import filesystem_for, redact, storage_advice
+from action_ray.urls import filesystem_for, is_remote, redact, storage_advice
 
 #: Exit code of a run that finished but skipped bad cases (2 is reserved for errors that stop it).
 EXIT_SKIPPED_CASES = 3
 SCHEDULERS = ("threads", "processes", "sync", "ray")
 #: Attempts Ray makes at a case whose worker or node died (the case's own errors are not retried).
 RAY_CASE_RETRIES = 3
+#: Seconds without a finished case before the Ray path says what it is waiting for.
+STALL_WARNING_S = 120.0
 
 
 @dataclass
@@ -303,26 +305,52 @@ def compute_on_ray(tasks: list[CaseTask], options: IngestOptions, say: Callable[
     from action_ray.ray_session import connect_or_start
 
     connect_or_start(max(1, options.workers), log=say, reason="ingest: one case per CPU")
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]
+    if len(nodes) > 1 and not (is_remote(options.dst) and is_remote(options.src)):
+        say(f"warning: {len(nodes)} nodes run the cases, and SRC or DST is a local path: every node reads "
+            "and writes its own disk unless that path is shared storage (NFS); use s3:// (or gs://) otherwise")
     delayed = [dask.delayed(ingest_case, pure=False)(task) for task in tasks]
+    # SPREAD: cases go to every node's disks and network, not to the first node with a free CPU
     refs = list(dask.compute(*delayed, scheduler=ray_dask_get, ray_persist=True,
-                             ray_remote_args={"num_cpus": 1, "max_retries": RAY_CASE_RETRIES}))
+                             ray_remote_args={"num_cpus": 1, "max_retries": RAY_CASE_RETRIES,
+                                              "scheduling_strategy": "SPREAD"}))
     position = {ref: i for i, ref in enumerate(refs)}
     results: list[CaseResult | None] = [None] * len(refs)
     pending = list(refs)
+    environment_failures = 0
+    last_progress, warned = time.monotonic(), False
     with tqdm(total=len(refs), unit="case", desc="ingest", disable=not options.progress, file=sys.stderr) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+            if done:
+                last_progress = time.monotonic()
+            elif not warned and time.monotonic() - last_progress > STALL_WARNING_S:
+                say(f"no case has finished for {STALL_WARNING_S:.0f} s; the cluster offers "
+                    f"{ray.cluster_resources().get('CPU', 0):g} CPUs and each case task needs 1 (`ray status`)")
+                warned = True
             for ref in done:
                 i = position[ref]
                 try:
                     results[i] = ray.get(ref)
-                except Exception as exc:  # the task itself never raises: this is Ray losing it
+                except ray.exceptions.RayTaskError as exc:  # raised before ingest_case ran: an environment fault
+                    case = tasks[i].case
+                    text = str(exc.cause if exc.cause is not None else exc).strip()
+                    cause = (text.splitlines() or [type(exc).__name__])[-1][:300]
+                    results[i] = CaseResult(case.case_id, "failed", case.image, reason=redact(
+                        f"{case.image}: the Ray task failed on its node ({cause})"))
+                    environment_failures += 1
+                except Exception as exc:  # the worker or its node was lost, RAY_CASE_RETRIES times
                     case = tasks[i].case
                     reason = (f"{case.image}: the Ray task did not finish after {RAY_CASE_RETRIES} retries "
                               f"({type(exc).__name__}); run the same command again to retry it")
                     results[i] = CaseResult(case.case_id, "failed", case.image, reason=redact(reason))
             bar.update(len(done))
-    return [r for r in results if r is not None]
+    finished = [r for r in results if r is not None]
+    if finished and environment_failures == len(finished):
+        raise ActionRayError(f"every ingest task failed on the Ray cluster before reading its case, e.g. "
+                             f"{finished[0].reason}; check that the worker nodes have action-ray installed "
+                             "(runtime_env or image) and can reach SRC and DST")
+    return finished
 
 
 def format_report(report: IngestReport) -> str:

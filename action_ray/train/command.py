@@ -19,7 +19,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     add_config_arguments(parser)
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run with this name (train.run_name or the config hash) if it exists")
+                        help="continue the run with this name (train.run_name or the config hash); refused "
+                             "when there is no such run")
     parser.add_argument("--dry-run", action="store_true",
                         help="check the config, store, split and checkpoints and print the plan; no Ray, no files")
     parser.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
@@ -33,8 +34,32 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if args.resume:
         config.train.resume = True
+        require_existing_run(config)
     print(config.pretty(), flush=True)
     summary = run_training(config, stop_after_steps=args.stop_after_steps,
                            log=lambda line: print(line, flush=True), dry_run=args.dry_run)
     print(json.dumps(summary, indent=2), flush=True)
     return 0
+
+
+def require_existing_run(config) -> None:
+    """``--resume`` names a run that must exist: resuming nothing would silently start afresh.
+
+    A derived run name (``<method>-<config hash>``) depends on the config, the global batch
+    included, so a changed setting (or a per-worker batch that changes the global one) points
+    at another name; the message says how to name the run explicitly.
+    """
+    from action_ray.errors import ConfigError
+    from action_ray.train.trainer import run_name
+    from action_ray.urls import filesystem_for, redact
+
+    name = run_name(config)
+    run_dir = f"{config.train.resolved_storage_path.rstrip('/')}/{name}"
+    fs, root = filesystem_for(run_dir)
+    if fs.exists(f"{root}/config.yaml"):
+        return
+    derived = "" if config.train.run_name else (
+        f" (the name {name} is derived from this config; to resume a run started with other settings "
+        "or another global batch, pass train.run_name=NAME as printed when it started)")
+    raise ConfigError(f"--resume: there is no run {name!r} at {redact(run_dir)}{derived}; "
+                      "drop --resume to start it")

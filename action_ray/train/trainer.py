@@ -73,6 +73,7 @@ def build_trainer(config: Config, settings: LoopSettings, datasets: dict[str, An
     resources: dict[str, float] = {"CPU": t.cpus_per_worker}
     if t.use_gpu:
         resources["GPU"] = t.gpus_per_worker
+    resources.update(t.worker_resources)
     scaling = ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
                             placement_strategy=t.placement_strategy)
     run_config = RunConfig(
@@ -209,23 +210,26 @@ def plan_run(config: Config, write: bool = True) -> RunPlan:
 
 
 def elastic_resume(config: Config, previous: Config) -> tuple[Config, str]:
-    """``config`` for resuming a run saved as ``previous`` on a different number of workers.
+    """``config`` for resuming a run saved as ``previous``, keeping the run's global batch.
 
-    What stays fixed is the **global** batch: when only ``train.num_workers`` changed, every
-    per-worker batch becomes previous global batch / new workers (an uneven split is refused),
-    so the optimiser sees the same batches, the global bank keeps its size (K = bank_batches ×
-    global batch) and its contents, and the data position (batches taken in the epoch, which
-    are global steps) carries over. Returns the config and a line saying what changed ("" if
-    nothing did). A config whose global batch already matches is returned as it is.
+    What stays fixed is the **global** batch: when the per-worker batches of ``config`` would
+    change it (because ``train.num_workers`` changed, or because the command repeats the per-worker
+    batches of an earlier, since rescaled, resume), every per-worker batch becomes the saved global
+    batch / workers (an uneven split is refused), so the optimiser sees batches of the same size,
+    the global bank keeps its size (K = bank_batches × global batch) and its contents, and the
+    data position (batches taken in the epoch, which are global steps) carries over. Returns the
+    config and a line saying what changed ("" if nothing did). Any other difference is left for
+    the hash check to report.
     """
     old, new = max(1, previous.train.num_workers), max(1, config.train.num_workers)
-    if old == new or previous.hash() == config.hash():
-        return config, ("" if old == new else f"resuming on {new} worker(s) instead of {old}; global batch unchanged")
-    if any(getattr(config.data, key) != getattr(previous.data, key) for key in PER_WORKER_BATCH_KEYS):
-        return config, ""  # the batches were changed too: the hash check reports the difference
+    moved = "" if old == new else f"resuming on {new} worker(s) instead of {old}"
+    if previous.hash() == config.hash():
+        return config, (f"{moved}; global batch unchanged" if moved else "")
     rescaled = config.with_workers(config.train.num_workers, like=previous)
+    if rescaled.hash() != previous.hash():
+        return config, ""  # something besides the batches differs: the hash check says so
     batches = ", ".join(f"{key}={getattr(rescaled.data, key)}" for key in PER_WORKER_BATCH_KEYS)
-    return rescaled, (f"resuming on {new} worker(s) instead of {old}: per-worker batches rescaled to keep the "
+    return rescaled, (f"{moved or f'resuming on {new} worker(s)'}: per-worker batches set to keep the run's "
                       f"global batch ({batches})")
 
 
@@ -320,25 +324,17 @@ def latest_ray_checkpoint(run_dir: str) -> str | None:
     That is the one Ray's own ``checkpoint_manager_snapshot.json`` names as its latest: Ray
     writes the snapshot only after a checkpoint's upload has finished, so a folder that a
     killed driver left half-copied (its ``meta.json`` may arrive before its weights) is never
-    it. No snapshot: Ray registered no checkpoint and starts afresh, so None. A snapshot that
-    cannot be read: the newest folder holding ``meta.json`` (names are ``checkpoint_<timestamp>``,
-    so the name order is the time order).
+    it. No snapshot, or one that names no checkpoint: None.
     """
-    from action_ray.train.checkpoint import META_FILE
-
     fs, root = filesystem_for(run_dir)
     if not fs.exists(root):
         return None
     if not fs.exists(f"{root}/{RAY_CHECKPOINT_SNAPSHOT}"):
         return None  # Ray registered no checkpoint: it starts the run afresh, whatever folders exist
     named = _snapshot_latest_checkpoint(fs, root)
-    if named is not None and fs.exists(f"{root}/{named}/{META_FILE}"):
-        return f"{run_dir.rstrip('/')}/{named}"
-    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False))
-    for name in reversed([n for n in names if n.startswith("checkpoint_")]):
-        if fs.exists(f"{root}/{name}/{META_FILE}"):
-            return f"{run_dir.rstrip('/')}/{name}"
-    return None
+    # the folder Ray will load, even if damaged (then the preflight check names it); a snapshot
+    # that names none is Ray's to report, and no half-copied newer folder is ever guessed at
+    return None if named is None else f"{run_dir.rstrip('/')}/{named}"
 
 
 RAY_CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
