@@ -68,6 +68,9 @@ HASH_EXCLUDED_KEYS = frozenset(
     }
 )
 
+#: Keys whose value is a free-form mapping (one value, not a section).
+FREE_FORM_KEYS = frozenset({"data.storage_options", "train.worker_resources"})
+
 #: Batch sizes that are per worker (the global batch is num_workers × each).
 PER_WORKER_BATCH_KEYS = ("pretrain_labelled_batch", "pretrain_unlabelled_batch", "ft_labelled_batch",
                          "ft_unlabelled_batch")
@@ -655,11 +658,12 @@ class Config(_Section):
 
 
 def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; free-form dicts (storage_options) stay one value."""
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; free-form dicts (storage_options, worker_resources)
+    stay one value."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted != "data.storage_options":
+        if isinstance(value, dict) and dotted not in FREE_FORM_KEYS:
             out.update(_flatten(value, dotted + "."))
         else:
             out[dotted] = value
