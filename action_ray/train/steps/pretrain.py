@@ -3,11 +3,11 @@ the local branch (method.md §3.1-§3.3, with the §8.1 defaults).
 
 ``distill.teacher_head`` decides how the teacher side is computed:
 
-* ``ema`` (default): the k-heads are EMA copies of the q-heads (updated with the backbone by
+* ``grad`` (default, the published 2-D code): the k-heads are trainable and learn only through
+  the non-detached KL target; the teacher *backbone* features are still constants;
+* ``ema``: the k-heads are EMA copies of the q-heads (updated with the backbone by
   ``ActionModel.update_teacher``); teacher embeddings are computed without autograd and the
-  KL target is detached;
-* ``grad`` (published 2-D code): the k-heads are trainable and learn only through the
-  non-detached KL target; the teacher *backbone* features are still constants.
+  KL target is detached.
 """
 
 from __future__ import annotations
