@@ -168,13 +168,13 @@ def run(args: argparse.Namespace) -> int:
 
 def print_table(rows: list, args: argparse.Namespace) -> None:
     print(f"bench ingest: {args.source} ACDC-layout collections, {args.workers} workers, cpu_count={os.cpu_count()}")
-    print(f"{'volumes':>7}  {'mode':<17} {'MB in':>7} {'seconds':>8} {'MB/s':>7} {'vs raw':>7} {'peak RSS MB':>12}")
+    print(f"{'volumes':>7}  {'mode':<17} {'MB in':>7} {'seconds':>8} {'MB/s':>8} {'vs raw':>7} {'peak RSS MB':>12}")
     raw_speed = {n: b / 1e6 / r["seconds"] for n, mode, b, r in rows if mode == "raw"}
     for n, mode, n_bytes, numbers in rows:
         speed = n_bytes / 1e6 / numbers["seconds"]
         ratio = f"{speed / raw_speed[n]:.2f}" if n in raw_speed else "-"
         name = "raw (limit)" if mode == "raw" else f"ingest {mode}"
-        print(f"{n:>7}  {name:<17} {n_bytes / 1e6:>7.1f} {numbers['seconds']:>8.2f} {speed:>7.1f} {ratio:>7} "
+        print(f"{n:>7}  {name:<17} {n_bytes / 1e6:>7.2f} {numbers['seconds']:>8.2f} {speed:>8.3f} {ratio:>7} "
               f"{numbers['peak_rss_mb']:>12.0f}")
     by_mode: dict[str, list[float]] = {}
     for n, mode, _, numbers in sorted(rows):
