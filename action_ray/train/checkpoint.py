@@ -174,7 +174,7 @@ def load_checkpoint(directory: str, map_location: str | torch.device = "cpu") ->
             f"strings, which could run code ({str(exc).splitlines()[0][:120]}); it was not written by "
             "action-ray, or was altered"
         ) from None
-    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - corrupt bytes fail in many ways inside torch.load
         raise ConfigError(f"{state_path} is not a readable checkpoint ({type(exc).__name__}: "
                           f"{str(exc).splitlines()[0][:120] if str(exc) else 'empty'}); copy it again") from None
     if not isinstance(payload, dict):
