@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from action_ray.errors import ConfigError
+from action_ray.files import write_atomic
 
 DEFAULT_PRESET = "cpu-quality"
 
@@ -223,10 +224,7 @@ def run(args: argparse.Namespace) -> int:
         for future in futures:
             spec = futures[future]
             result = future.result()
-            tmp = os.path.join(args.out, f".{spec.key}.json.tmp")
-            with open(tmp, "w") as handle:
-                json.dump(result, handle)
-            os.replace(tmp, os.path.join(args.out, f"{spec.key}.json"))
+            write_atomic(os.path.join(args.out, f"{spec.key}.json"), json.dumps(result))
             done.append(result)
             last = result["curve"][str(max(map(int, result["curve"])))]
             print(f"  {spec.key}: val Dice {float(np.mean(last)):.3f} ({result['seconds']:.0f} s)", flush=True)

@@ -327,11 +327,7 @@ def latest_ray_checkpoint(run_dir: str) -> str | None:
     it. No snapshot, or one that names no checkpoint: None.
     """
     fs, root = filesystem_for(run_dir)
-    if not fs.exists(root):
-        return None
-    if not fs.exists(f"{root}/{RAY_CHECKPOINT_SNAPSHOT}"):
-        return None  # Ray registered no checkpoint: it starts the run afresh, whatever folders exist
-    named = _snapshot_latest_checkpoint(fs, root)
+    named = _snapshot_latest_checkpoint(fs, root)  # None without a snapshot: Ray starts afresh
     # the folder Ray will load, even if damaged (then the preflight check names it); a snapshot
     # that names none is Ray's to report, and no half-copied newer folder is ever guessed at
     return None if named is None else f"{run_dir.rstrip('/')}/{named}"
