@@ -15,7 +15,7 @@ Random streams, and why there are two:
   argument. Both are seeded per rank (different draws on every worker, like different data),
   while model weights and bank contents are seeded identically on every rank.
 
-Stage hand-offs follow method.md §1 / §1: `handoff_p1_to_p2` keeps both backbones (the
+Stage hand-offs follow method.md §1: `handoff_p1_to_p2` keeps both backbones (the
 P2 teacher starts from the P1 EMA teacher) and re-initialises heads and banks;
 `handoff_p2_to_ft` copies the P2 student into the FT teacher and starts a new representation
 head. Each starts a fresh optimiser and schedule.
@@ -268,7 +268,7 @@ def _reinitialise(state: TrainState, purpose: str, reset: Callable[[], None]) ->
 
 
 def handoff_p1_to_p2(state: TrainState) -> TrainState:
-    """P1 -> P2 (§1, §1): student and EMA-teacher backbones carried; heads, banks,
+    """P1 -> P2 (§1): student and EMA-teacher backbones carried; heads, banks,
     optimiser and schedule start afresh (the new heads are identical on every rank)."""
     if state.stage != "p1":
         raise ConfigError(f"handoff_p1_to_p2 needs a P1 state, got stage {state.stage}")

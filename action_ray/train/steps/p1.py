@@ -1,4 +1,4 @@
-"""P1: global contrastive distillation of the student *encoder* (method.md §3.6, §3.6, §3.6).
+"""P1: global contrastive distillation of the student *encoder* (method.md §3.6).
 
 The decoder is frozen at its random initialisation and the local branch has no effect in
 P1, so neither student nor teacher runs its decoder here: only the bottlenecks are computed.

@@ -1,4 +1,4 @@
-"""P2: supervised + global + local contrastive distillation of the whole student (§3.6, §3.6)."""
+"""P2: supervised + global + local contrastive distillation of the whole student (§3.6)."""
 
 from __future__ import annotations
 
