@@ -76,3 +76,16 @@ def test_the_command_writes_one_json_per_run_and_resumes(store_url, tmp_path, ca
     bad = parser.parse_args(["--store", store_url, "--variant", "x=data.nope=1", "--out", out])
     with pytest.raises(ConfigError, match="nope"):
         run(bad)
+
+
+def test_ft_only_variants_share_p2_with_the_same_result(store_url, tmp_path):
+    cache = str(tmp_path / "p2-cache")
+    trained = train_variant(RunSpec("base", 0, "cpu-quality", store_url, TINY, (4,), cache))
+    assert "p2_from_cache" not in trained and len(os.listdir(cache)) == 1
+    strict = TINY + ("ft.strong_threshold=0.99",)
+    reused = train_variant(RunSpec("strict", 0, "cpu-quality", store_url, strict, (4,), cache))
+    fresh = train_variant(RunSpec("strict", 0, "cpu-quality", store_url, strict, (4,)))
+    assert reused.get("p2_from_cache") and "p2_from_cache" not in fresh
+    assert reused["curve"] == fresh["curve"] and reused["p2_student"] == fresh["p2_student"]
+    other = train_variant(RunSpec("p2", 0, "cpu-quality", store_url, TINY + ("distill.bank_batches=2",), (4,), cache))
+    assert "p2_from_cache" not in other and len(os.listdir(cache)) == 2  # a P2 setting: its own P2

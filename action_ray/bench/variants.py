@@ -5,7 +5,9 @@ every (variant, draw) with the project's own stage step functions, in one proces
 without Ray, on the store's train slices held in memory, and scores the student on the **val**
 split at fixed FT steps. It prints val Dice mean ± sd over draws per variant and step, and the
 per-draw values, and writes them to ``<out>/variants.md`` and one JSON per run (a finished run is
-not repeated, so an interrupted comparison resumes).
+not repeated, so an interrupted comparison resumes). Variants that differ in FT settings only
+share their P1 + P2: the first run of a draw keeps its P2 end state in ``<out>/p2-cache`` and the
+others continue from it, with the same result as training it again.
 
 Why a second way to train: the defaults of the quality preset are chosen by comparing variants
 over several labelled-subset draws (docs/tune.md), dozens of runs on two CPU cores. Without Ray
@@ -19,6 +21,7 @@ users read as results come from `bench quality`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shlex
@@ -45,6 +48,7 @@ class RunSpec:
     store: str
     overrides: tuple[str, ...]
     eval_steps: tuple[int, ...]
+    pretrain_cache: str | None = None  # folder of P2 end states shared by variants that differ in FT only
 
     @property
     def key(self) -> str:
@@ -139,7 +143,16 @@ def train_variant(spec: RunSpec) -> dict[str, Any]:
     result: dict[str, Any] = {"variant": spec.variant, "draw": spec.draw, "overrides": list(spec.overrides),
                               "labelled_patients": len(split.labelled_patients), "curve": {}}
     state = None
-    for stage in config.stages or []:
+    stages = list(config.stages or [])
+    cache = None
+    if spec.pretrain_cache and stages[:3] == ["p1", "p2", "ft"]:
+        cache = os.path.join(spec.pretrain_cache, f"p2-{pretrain_key(config)}.pt")
+        if os.path.exists(cache):
+            state = build_state(config, num_classes, "cpu", "p2", rank=0)
+            result["p2_student"] = _load_pretrain(cache, state, rng)
+            result["p2_from_cache"] = True
+            stages = stages[2:]
+    for stage in stages:
         if state is None:
             state = build_state(config, num_classes, "cpu", stage, rank=0)
         elif stage == "p2":
@@ -152,10 +165,52 @@ def train_variant(spec: RunSpec) -> dict[str, Any]:
             step(state, crop_batch(state, batch(stage)), config)
             if stage == "ft" and (state.step in spec.eval_steps or state.step == iterations):
                 result["curve"][str(state.step)] = validate(state.model.student)
-        if stage == "p2" and "ft" in (config.stages or []):
+        if stage == "p2" and "ft" in stages:
             result["p2_student"] = validate(state.model.student)
+            if cache:
+                os.makedirs(spec.pretrain_cache, exist_ok=True)
+                _save_pretrain(cache, state, rng, result["p2_student"])
     result["seconds"] = time.perf_counter() - started
     return result
+
+
+# ------------------------------------------------------------------------- P2 cache
+#: config sections that P1 and P2 never read: variants that differ only here share their P2
+FT_ONLY_KEYS = ("ft.", "mean_teacher.", "eval.", "schedule.ft.")
+
+
+def pretrain_key(config: Any) -> str:
+    """16 hex digits naming the P2 end state of ``config`` (its seed, split and P1/P2 settings).
+
+    Why: most variants in a defaults comparison change FT only (thresholds, weights, teacher
+    mode); their P1 + P2 (1800 of 3000 steps in cpu-quality) are bit for bit the same run, so
+    the first run of a draw saves its P2 end state and the others start from it.
+    """
+    from action_ray.config import _flatten
+
+    flat = {k: v for k, v in _flatten(config.to_dict()).items() if not k.startswith(FT_ONLY_KEYS)}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_pretrain(path: str, state: Any, rng: np.random.Generator, p2_student: list[float]) -> None:
+    """The P2 end state as plain tensors and JSON (loaded with ``weights_only=True``)."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"state": state.state_dict(), "numpy_rng": json.dumps(rng.bit_generator.state),
+                "p2_student": p2_student}, buffer)
+    write_atomic(path, buffer.getvalue())
+
+
+def _load_pretrain(path: str, state: Any, rng: np.random.Generator) -> list[float]:
+    import torch
+
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state.load_state_dict(saved["state"])
+    rng.bit_generator.state = json.loads(saved["numpy_rng"])
+    return list(saved["p2_student"])
 
 
 # -------------------------------------------------------------------------------- table
@@ -206,7 +261,9 @@ def run(args: argparse.Namespace) -> int:
     for name, overrides in variants:  # fail on a bad key now, not in a worker minutes later
         load_config(args.preset, [f"data.store={args.store}", *overrides])
     os.makedirs(args.out, exist_ok=True)
-    specs = [RunSpec(name, draw, args.preset, args.store, overrides, eval_steps)
+    cache = os.path.join(args.out, "p2-cache")
+    os.makedirs(cache, exist_ok=True)
+    specs = [RunSpec(name, draw, args.preset, args.store, overrides, eval_steps, cache)
              for name, overrides in variants for draw in draws]
     done: list[dict[str, Any]] = []
     todo = []
