@@ -48,6 +48,7 @@ from action_ray.train.checkpoint import (
     save_checkpoint,
     upload_directory,
 )
+from action_ray.train.progress import ProgressMode, StageProgress
 
 Batch = dict[str, torch.Tensor]
 #: the module whose logger writes Ray Train 2.60's per-report INFO line ("Reporting training
@@ -88,6 +89,7 @@ class LoopSettings:
     num_classes: int
     iter_kwargs: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str | None = None
+    progress: ProgressMode = "lines"  # "bar" when the driver's stdout is a terminal
     stop_after_steps: int | None = None
     write_pid: bool = True
 
@@ -348,13 +350,17 @@ def run_stages(
         if rank == 0 and state.step < iterations:
             log(f"stage {stage}: steps {state.step + 1}..{iterations} from epoch {position.epoch}, "
                 f"batch {position.batches}")
+        progress = StageProgress(settings.progress, stage, state.step, iterations, log,
+                                 enabled=rank == 0 and state.step < iterations)
         while state.step < iterations:
             if settings.stop_after_steps is not None and steps_this_session >= settings.stop_after_steps:
+                progress.close()
                 return {"stage": stage, "step": state.step, "interrupted": True}
             position, parts = next(stream)
             losses = step_fn(state, crop_batch(state, compose_batch(stage, parts)), config)
             steps_this_session += 1
             window_steps += 1
+            progress.advance(state.step)
             for name, value in losses.items():
                 sums[name] = sums[name] + value if name in sums else value
             done = state.step >= iterations
@@ -366,12 +372,10 @@ def run_stages(
             checkpoint = None
             if done or state.step % config.train.checkpoint_every == 0:
                 checkpoint = _checkpoint(state, position, settings, history, stage_done=done)
-            if rank == 0:
-                shown = " ".join(f"{name} {metrics[name]:.4f}" for name in sums)
-                log(f"[{stage} {state.step}/{iterations}] {shown} | {metrics['it_per_s']:.2f} it/s"
-                    + (" | checkpoint" if checkpoint else ""))
+            progress.report({name: metrics[name] for name in sums}, metrics["it_per_s"], checkpoint is not None)
             reporter.report(metrics, history, checkpoint)
             sums, window_start, window_steps = {}, time.perf_counter(), 0
+        progress.close()
     if state is None:
         return {"stage": None, "step": 0, "interrupted": False}
     return {"stage": state.stage, "step": state.step, "interrupted": False}
