@@ -56,6 +56,9 @@ HASH_EXCLUDED_KEYS = frozenset(
         "data.storage_options",
         "train.run_name",
         "train.resume",
+        "train.tracking",
+        "train.tracking_uri",
+        "train.tracking_experiment",
         "train.storage_path",
         "train.report_every",
         "train.checkpoint_every",
@@ -454,6 +457,12 @@ class TrainConfig(_Section):
     run_name: str | None = Field(None, description="None: derived from the config hash")
     resume: bool = Field(False, description="continue the run with this name if it exists")
     init_from: str | None = Field(None, description="checkpoint of the previous stage to start from")
+    tracking: Literal["none", "mlflow", "tensorboard"] = Field(
+        "none", description="experiment tracking: mlflow (Ray's setup_mlflow) or tensorboard event files")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default file store <storage_path>/mlruns) or TensorBoard "
+                          "log folder (default <run>/tensorboard)")
+    tracking_experiment: str = Field("action-ray", description="MLflow experiment the runs are logged under")
 
     @field_validator("run_name")
     @classmethod

@@ -232,23 +232,30 @@ def test_training_attaches_validation_only_when_it_can_score(scored_run, tmp_pat
 
 # ------------------------------------------------------------------------ a real training run
 @pytest.mark.slow
-def test_run_training_keeps_the_best_validated_checkpoint_across_a_resume(ray_cluster, tmp_path, capsys):
-    """Supervised FT, 1 worker, 6 steps, checkpoints every 2, validation every 4: stopped at
-    step 5 and resumed. Validation rows at FT steps 4 and 6, ``best/`` holds the max-Dice one
-    (Ray keeps only the newest checkpoint, so best/ must be a copy), evaluate serves it."""
+def supervised_run(tmp_path, name: str, *extra: str):
+    """(store url, storage path, config) of a tiny supervised FT run on the tune store, reporting
+    every step and checkpointing every 2."""
     from test_train_ray import config_for
     from test_tune_sweep import make_tune_store
-
-    from action_ray.cli import main as cli_main
-    from action_ray.train.checkpoint import load_checkpoint
-    from action_ray.train.trainer import read_result, run_training
 
     store_url = str(tmp_path / "store.zarr")
     make_tune_store(store_url)
     storage = str(tmp_path / "runs")
-    config = config_for(store_url, storage, "val", "method=supervised", "train.num_workers=1",
-                        "schedule.ft.iterations=6", "train.report_every=1", "train.checkpoint_every=2",
-                        "train.num_to_keep=1", "eval.val_every=4")
+    config = config_for(store_url, storage, name, "method=supervised", "train.num_workers=1",
+                        "train.report_every=1", "train.checkpoint_every=2", *extra)
+    return store_url, storage, config
+
+
+def test_run_training_keeps_the_best_validated_checkpoint_across_a_resume(ray_cluster, tmp_path, capsys):
+    """Supervised FT, 1 worker, 6 steps, checkpoints every 2, validation every 4: stopped at
+    step 5 and resumed. Validation rows at FT steps 4 and 6, ``best/`` holds the max-Dice one
+    (Ray keeps only the newest checkpoint, so best/ must be a copy), evaluate serves it."""
+    from action_ray.cli import main as cli_main
+    from action_ray.train.checkpoint import load_checkpoint
+    from action_ray.train.trainer import read_result, run_training
+
+    store_url, storage, config = supervised_run(tmp_path, "val", "schedule.ft.iterations=6",
+                                                "train.num_to_keep=1", "eval.val_every=4")
     lines: list[str] = []
     stopped = run_training(config, stop_after_steps=5, log=lines.append)
     assert stopped["interrupted"] and "validation on the val split at FT steps 4, 6" in lines
@@ -296,3 +303,29 @@ def test_a_retried_step_replaces_its_validation_row(tmp_path):
     for step, dice in ((100, 0.1), (200, 0.2), (200, 0.25), (100, 0.15)):  # a retry repeats 100, 200
         append_validation_row(str(tmp_path), {"ft_step": step, "val_dice": dice})
     assert [(r["ft_step"], r["val_dice"]) for r in read_validation_log(str(tmp_path))] == [(100, 0.15), (200, 0.25)]
+
+
+def test_mlflow_tracking_logs_params_losses_and_validation_dice(ray_cluster, tmp_path, monkeypatch):
+    """train.tracking=mlflow: one MLflow run named after the run, with the resolved config as
+    parameters, every report's losses at their step and the validation Dice at its FT step."""
+    from mlflow import MlflowClient
+
+    from action_ray.train.trainer import run_training
+
+    _, storage, config = supervised_run(tmp_path, "tracked", "schedule.ft.iterations=4", "eval.val_every=2",
+                                        "train.tracking=mlflow")
+    run_training(config, log=lambda _line: None)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(f"file://{storage}/mlruns")
+    runs = client.search_runs([client.get_experiment_by_name("action-ray").experiment_id])
+    assert [r.info.run_name for r in runs] == ["tracked"]
+    run = runs[0]
+    assert run.data.params["method"] == "supervised" and run.data.params["schedule.ft.iterations"] == "4"
+    with open(f"{storage}/tracked/metrics.jsonl") as handle:
+        reported = [json.loads(line) for line in handle]
+    losses = client.get_metric_history(run.info.run_id, "ft/loss")
+    assert [(m.step, m.value) for m in losses] == [(r["step"], pytest.approx(r["loss"])) for r in reported]
+    dice = client.get_metric_history(run.info.run_id, "val/dice")
+    assert [(m.step, m.value) for m in dice] == [(r["ft_step"], pytest.approx(r["val_dice"]))
+                                                for r in read_validation_log(f"{storage}/tracked")]
+    assert [m.step for m in dice] == [2, 4]

@@ -49,6 +49,7 @@ from action_ray.train.checkpoint import (
     upload_directory,
 )
 from action_ray.train.progress import ProgressMode, StageProgress
+from action_ray.train.tracking import WorkerTracker, open_worker_tracker
 
 Batch = dict[str, torch.Tensor]
 #: the module whose logger writes Ray Train 2.60's per-report INFO line ("Reporting training
@@ -90,6 +91,7 @@ class LoopSettings:
     iter_kwargs: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str | None = None
     progress: ProgressMode = "lines"  # "bar" when the driver's stdout is a terminal
+    tracking_target: str | None = None  # MLflow URI / TensorBoard folder (train.tracking), resolved by the driver
     stop_after_steps: int | None = None
     write_pid: bool = True
 
@@ -386,9 +388,10 @@ class RayReporter(Reporter):
     """``ray.train.report`` on every rank (a barrier); rank 0 attaches the checkpoint, writes
     ``metrics.jsonl`` and, at a stage end, a copy of the checkpoint to ``stages/<stage>``."""
 
-    def __init__(self, rank: int, run_dir: str) -> None:
+    def __init__(self, rank: int, run_dir: str, tracker: WorkerTracker | None = None) -> None:
         super().__init__(rank)
         self.run_dir = run_dir
+        self.tracker = tracker or WorkerTracker("none")
 
     def report(self, metrics: dict[str, Any], history: list[dict[str, Any]],
                checkpoint: Checkpoint | None) -> None:
@@ -398,6 +401,7 @@ class RayReporter(Reporter):
             ray.train.report(metrics, checkpoint=None)
             return
         write_metrics(self.run_dir, history)
+        self.tracker.log(metrics)
         if checkpoint is None:
             ray.train.report(metrics, checkpoint=None)
             return
@@ -459,8 +463,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     except (KeyError, ValueError):
         shards["unlabelled"] = None
     batches = shard_batches(shards, config, settings.iter_kwargs)
-    reporter = RayReporter(rank, settings.run_dir)
-    return run_stages(config, settings, batches, reporter, _device(config), resume=resume, init=init)
+    tracker = open_worker_tracker(config.train.tracking, settings.tracking_target, config,
+                                  settings.run_dir, rank)
+    reporter = RayReporter(rank, settings.run_dir, tracker)
+    try:
+        return run_stages(config, settings, batches, reporter, _device(config), resume=resume, init=init)
+    finally:
+        tracker.close()
 
 
 def load_init_checkpoint(url: str) -> Checkpoint:

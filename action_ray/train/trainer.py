@@ -29,6 +29,7 @@ from action_ray.config import PER_WORKER_BATCH_KEYS, STAGE_ORDER, Config
 from action_ray.errors import ActionRayError, ConfigError
 from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_worker
 from action_ray.train.progress import progress_mode_for_this_terminal
+from action_ray.train.tracking import tracking_target_of
 from action_ray.ray_session import connect_or_start
 from action_ray.urls import filesystem_for, is_remote, redact
 
@@ -398,6 +399,7 @@ def run_training(
     """
     if config.train.init_from:  # read on the driver first: a bad file fails here, before any write
         check_checkpoint(config.train.init_from, config.data.storage_options)
+    tracking_target_of(config, config.train.resolved_storage_path)  # a bad tracking setting: before any write
     plan = plan_run(config, write=not dry_run)
     config = plan.config
     if plan.note:
@@ -430,7 +432,7 @@ def run_training(
         config=config.to_dict(), label_split=plan.split_json, run_dir=plan.run_dir,
         num_classes=plan.num_classes, iter_kwargs=iter_kwargs, init_checkpoint=config.train.init_from,
         stop_after_steps=stop_after_steps, write_pid=not is_remote(plan.run_dir),
-        progress=progress_mode_for_this_terminal(),
+        progress=progress_mode_for_this_terminal(), tracking_target=tracking_target_of(config, plan.run_dir),
     )
     trainer = build_trainer(config, settings, datasets, plan.name, callbacks)
     import ray.train

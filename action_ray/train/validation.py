@@ -51,6 +51,7 @@ from action_ray.config import Config
 from action_ray.evaluation.runs import BEST_RECORD
 from action_ray.files import write_atomic
 from action_ray.train.checkpoint import META_FILE, STATE_FILE
+from action_ray.train.tracking import log_validation, tracking_target_of
 from action_ray.urls import filesystem_for, is_remote, redact
 
 #: One JSON line per validated checkpoint.
@@ -318,11 +319,12 @@ class CheckpointValidator:
     """Scores a checkpoint on the val split, logs the row and offers it to the :class:`BestKeeper`."""
 
     def __init__(self, run_dir: str, store: str, storage_options: Mapping[str, Any] | None = None,
-                 device: str = EVAL_DEVICE) -> None:
+                 device: str = EVAL_DEVICE, tracking_target: str | None = None) -> None:
         self.run_dir = str(run_dir).rstrip("/")
         self.store = str(store)
         self.storage_options = dict(storage_options or {})
         self.device = device
+        self.tracking_target = tracking_target  # where train.tracking logs; the scores go there too
 
     def checkpoint_url(self, path: str) -> str:
         """A Ray checkpoint path as a URL of the run's filesystem (pyarrow drops ``s3://``)."""
@@ -341,6 +343,10 @@ class CheckpointValidator:
         row = {"ft_step": int(ft_step), **scores, "checkpoint_path": checkpoint, "new_best": new_best,
                "validation_seconds": round(time.perf_counter() - started, 3)}
         append_validation_row(self.run_dir, row)
+        try:
+            log_validation(self.run_dir, self.tracking_target, row)
+        except Exception as exc:  # noqa: BLE001 - the tracker is an observer; the row is already kept
+            print(redact(f"[validation ft {ft_step}] not sent to the tracker ({type(exc).__name__}: {exc})")[:300])
         return row
 
     def try_validate(self, ft_step: int, checkpoint: str, log: Callable[[str], None] = print) -> dict[str, Any] | None:
@@ -379,7 +385,8 @@ class ValidationCallback(UserCallback):
 
     @classmethod
     def for_run(cls, config: Config, run_dir: str) -> "ValidationCallback":
-        validator = CheckpointValidator(run_dir, str(config.data.store), config.data.storage_options)
+        validator = CheckpointValidator(run_dir, str(config.data.store), config.data.storage_options,
+                                        tracking_target=tracking_target_of(config, run_dir))
         return cls(validator, ValidationSchedule.of(config))
 
     def after_report(self, run_context, metrics, checkpoint) -> None:

@@ -39,6 +39,7 @@ from action_ray.train.validation import (
     ft_checkpoint_step,
     read_validation_log,
 )
+from action_ray.train.tracking import tracking_target_of
 from action_ray.tuning.space import TIME_ATTR, SweepConfig, dump_sweep, sweep_name, trial_config
 from action_ray.urls import filesystem_for, is_remote, redact
 
@@ -113,9 +114,10 @@ class ValidationReportCallback(_tune_report_callback_class()):
     each one (``train.checkpoint_every`` is the sweep's validation cadence).
     """
 
-    def __init__(self, run_dir: str, store: str, storage_options: Mapping[str, Any] | None, device: str) -> None:
+    def __init__(self, run_dir: str, store: str, storage_options: Mapping[str, Any] | None, device: str,
+                 tracking_target: str | None = None) -> None:
         super().__init__()
-        self.validator = CheckpointValidator(run_dir, store, storage_options, device)
+        self.validator = CheckpointValidator(run_dir, store, storage_options, device, tracking_target)
 
     @property
     def run_dir(self) -> str:
@@ -172,7 +174,8 @@ def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str,
     data_context.enable_progress_bars = False
     data_context.print_on_execution_start = False
     run_dir = f"{config.train.resolved_storage_path.rstrip('/')}/{name}"
-    callback = ValidationReportCallback(run_dir, str(config.data.store), config.data.storage_options, EVAL_DEVICE)
+    callback = ValidationReportCallback(run_dir, str(config.data.store), config.data.storage_options, EVAL_DEVICE,
+                                        tracking_target_of(config, run_dir))
     started = time.perf_counter()
     summary = fit_run(config, [callback])
     train_seconds = time.perf_counter() - started
