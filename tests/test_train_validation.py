@@ -231,7 +231,6 @@ def test_training_attaches_validation_only_when_it_can_score(scored_run, tmp_pat
 
 
 # ------------------------------------------------------------------------ a real training run
-@pytest.mark.slow
 def supervised_run(tmp_path, name: str, *extra: str):
     """(store url, storage path, config) of a tiny supervised FT run on the tune store, reporting
     every step and checkpointing every 2."""
@@ -246,6 +245,7 @@ def supervised_run(tmp_path, name: str, *extra: str):
     return store_url, storage, config
 
 
+@pytest.mark.slow
 def test_run_training_keeps_the_best_validated_checkpoint_across_a_resume(ray_cluster, tmp_path, capsys):
     """Supervised FT, 1 worker, 6 steps, checkpoints every 2, validation every 4: stopped at
     step 5 and resumed. Validation rows at FT steps 4 and 6, ``best/`` holds the max-Dice one
@@ -305,6 +305,7 @@ def test_a_retried_step_replaces_its_validation_row(tmp_path):
     assert [(r["ft_step"], r["val_dice"]) for r in read_validation_log(str(tmp_path))] == [(100, 0.15), (200, 0.25)]
 
 
+@pytest.mark.slow
 def test_mlflow_tracking_logs_params_losses_and_validation_dice(ray_cluster, tmp_path, monkeypatch):
     """train.tracking=mlflow: one MLflow run named after the run, with the resolved config as
     parameters, every report's losses at their step and the validation Dice at its FT step."""
