@@ -28,13 +28,16 @@ RAY_ENV_DEFAULTS = {
 
 def connect_or_start(
     num_cpus: int, num_gpus: int | None = None, *, dashboard: bool = False,
-    log: Callable[[str], None] = print, reason: str = "",
+    log: Callable[[str], None] = print, reason: str = "", worker_logs: bool = True,
 ) -> None:
     """Join the cluster in ``RAY_ADDRESS``, else start a local Ray with ``num_cpus`` logical
     CPUs (and ``num_gpus``); nothing happens when this process is already connected.
 
     ``dashboard`` starts the local dashboard (the State API that Tune's ASHA needs);
     ``reason`` is added to the start-up line so the user sees why the instance looks as it does.
+    ``worker_logs=False`` keeps the output of Ray's workers and actors in the Ray session logs
+    instead of this terminal (``train`` shows its progress from the run folder instead:
+    :mod:`action_ray.train.follow`).
     """
     import ray
 
@@ -45,12 +48,12 @@ def connect_or_start(
     address = os.environ.get("RAY_ADDRESS")
     if address:
         log(f"connecting to the Ray cluster at {redact(address)}")
-        ray.init(address=address)
+        ray.init(address=address, log_to_driver=worker_logs)
         return
     log(f"starting a local Ray: {num_cpus} CPUs" + (f", {num_gpus} GPUs" if num_gpus else "")
         + (f" ({reason})" if reason else ""))
     ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=dashboard,
-             object_store_memory=LOCAL_OBJECT_STORE_BYTES, configure_logging=False)
+             object_store_memory=LOCAL_OBJECT_STORE_BYTES, configure_logging=False, log_to_driver=worker_logs)
 
 
 def current_node() -> str:

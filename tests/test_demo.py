@@ -41,6 +41,12 @@ def test_shrunk_demo_runs_end_to_end_and_resumes(tmp_path):
     for step in ("1/4 synthesise", "2/4 ingest", "3/4 train", "4/4 evaluate"):
         assert step in output
     assert "[p1 2/2]" in output and "[p2 2/2]" in output and "[ft 2/2]" in output  # progress
+    # a person can read it: no Ray-internal lines (placement-group cleaner, Ray Data, raylet)
+    # between ours, and short (the progress lines of 3 stages x 1 report here); Ray's one-line
+    # token-authentication notice at start-up is printed by its C++ core and stays
+    for noise in ("PlacementGroupCleaner", "SplitCoordinator", "(raylet)", "TrainController", "Traceback"):
+        assert noise not in output, output[-3000:]
+    assert len(output.splitlines()) <= 60, output
     table = [line for line in output.splitlines() if line.startswith("| ")]
     assert any(line.startswith("| 1 RV") for line in table), output[-3000:]
     assert any(line.startswith("| 3 LV") for line in table) and any("**mean**" in line for line in table)

@@ -40,7 +40,7 @@ def test_bar_mode_draws_a_bar_and_no_lines(capsys):
     progress.close()
     shown = capsys.readouterr()
     assert lines == []
-    assert "100%" in shown.err and "20.0/20.0" in shown.err and "loss 0.1250" in shown.err
+    assert "100%" in shown.err and "20/20" in shown.err and "loss 0.1250" in shown.err
 
 
 @pytest.mark.parametrize(("tty", "ci", "mode"), [(True, "", "bar"), (True, "true", "lines"), (False, "", "lines")])

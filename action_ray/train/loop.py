@@ -48,7 +48,7 @@ from action_ray.train.checkpoint import (
     save_checkpoint,
     upload_directory,
 )
-from action_ray.train.progress import ProgressMode, StageProgress
+from action_ray.train.progress import StageProgress
 from action_ray.train.tracking import WorkerTracker, open_worker_tracker
 
 Batch = dict[str, torch.Tensor]
@@ -90,7 +90,6 @@ class LoopSettings:
     num_classes: int
     iter_kwargs: dict[str, Any] = field(default_factory=dict)
     init_checkpoint: str | None = None
-    progress: ProgressMode = "lines"  # "bar" when the driver's stdout is a terminal
     tracking_target: str | None = None  # MLflow URI / TensorBoard folder (train.tracking), resolved by the driver
     stop_after_steps: int | None = None
     write_pid: bool = True
@@ -352,7 +351,7 @@ def run_stages(
         if rank == 0 and state.step < iterations:
             log(f"stage {stage}: steps {state.step + 1}..{iterations} from epoch {position.epoch}, "
                 f"batch {position.batches}")
-        progress = StageProgress(settings.progress, stage, state.step, iterations, log,
+        progress = StageProgress("lines", stage, state.step, iterations, log,
                                  enabled=rank == 0 and state.step < iterations)
         while state.step < iterations:
             if settings.stop_after_steps is not None and steps_this_session >= settings.stop_after_steps:

@@ -1,13 +1,10 @@
-"""What rank 0 shows while a stage trains: a progress bar on a terminal, periodic lines elsewhere.
+"""How a stage's progress is shown: a progress bar on a terminal, periodic lines elsewhere.
 
 Why two forms: a person at a terminal wants one bar per stage (steps, it/s, ETA, latest
 losses) instead of a scrolling wall of numbers; a log file, a CI job or ``ray job logs`` wants
-plain lines it can grep, one per report, each with its own ETA. The driver decides which (it
-knows whether *its* stdout is a terminal; a Ray worker's stdout never is) and passes the mode
-to the workers in the loop settings.
-
-The bar is Ray's own ``ray.experimental.tqdm_ray`` bar: a worker prints its state as a magic
-line, and the driver renders it as a ``tqdm`` bar, so bars from remote workers do not tear.
+plain lines it can grep, one per report, each with its own ETA. The driver picks the form from
+its own stdout and draws it from rank 0's reports (:mod:`action_ray.train.follow`), as a plain
+``tqdm`` bar; rank 0 also writes the lines into its own Ray worker log.
 """
 
 from __future__ import annotations
@@ -44,10 +41,9 @@ class StageProgress:
         self.step = first_step
         self._bar: Any = None
         if enabled and mode == "bar":
-            from ray.experimental import tqdm_ray
+            from tqdm import tqdm
 
-            self._bar = tqdm_ray.tqdm(desc=f"{stage}", total=total, unit="step")
-            self._bar.update(first_step)
+            self._bar = tqdm(desc=stage, total=total, initial=first_step, unit="step", dynamic_ncols=True)
 
     def advance(self, step: int) -> None:
         """Called after every optimiser step (cheap: the bar flushes at most once a second)."""
@@ -61,7 +57,7 @@ class StageProgress:
             return
         shown = " ".join(f"{name} {value:.4f}" for name, value in losses.items())
         if self._bar is not None:
-            self._bar.set_description(f"{self.stage} | {shown}")
+            self._bar.set_postfix_str(shown)
             return
         eta = format_eta((self.total - self.step) / it_per_s) if it_per_s > 0 else "?"
         self.log(f"[{self.stage} {self.step}/{self.total}] {shown} | {it_per_s:.2f} it/s | eta {eta}"

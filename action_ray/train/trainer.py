@@ -22,12 +22,14 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from action_ray.config import PER_WORKER_BATCH_KEYS, STAGE_ORDER, Config
 from action_ray.errors import ActionRayError, ConfigError
 from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_worker
+from action_ray.train.follow import ReportFollower
 from action_ray.train.progress import progress_mode_for_this_terminal
 from action_ray.train.tracking import tracking_target_of
 from action_ray.ray_session import connect_or_start
@@ -50,7 +52,7 @@ def ensure_ray(config: Config, log: Callable[[str], None] = print) -> None:
         import torch
 
         num_gpus = torch.cuda.device_count()
-    connect_or_start(num_cpus, num_gpus, log=log)
+    connect_or_start(num_cpus, num_gpus, log=log, worker_logs=False)
 
 
 def data_config(config: Config):
@@ -386,7 +388,7 @@ def describe_plan(config: Config, plan: RunPlan) -> dict[str, Any]:
 
 def run_training(
     config: Config, *, stop_after_steps: int | None = None, log: Callable[[str], None] = print,
-    callbacks: Sequence[Any] | None = None, dry_run: bool = False,
+    callbacks: Sequence[Any] | None = None, dry_run: bool = False, follow: bool = True,
 ) -> dict[str, Any]:
     """Plan, fit and record one run; returns the summary also written to ``result.json``.
 
@@ -395,7 +397,8 @@ def run_training(
     ``callbacks``: Ray Train callbacks to attach instead of the default validation callback
     (:func:`validation_callbacks`); Tune sweeps pass their own, which also reports to Tune.
     ``dry_run``: make every check (store, split, stage needs, checkpoints), write nothing, start
-    no Ray, and return the plan (:func:`describe_plan`).
+    no Ray, and return the plan (:func:`describe_plan`). ``follow``: show progress and validation
+    scores through ``log`` while the job runs (:mod:`action_ray.train.follow`).
     """
     if config.train.init_from:  # read on the driver first: a bad file fails here, before any write
         check_checkpoint(config.train.init_from, config.data.storage_options)
@@ -432,13 +435,17 @@ def run_training(
         config=config.to_dict(), label_split=plan.split_json, run_dir=plan.run_dir,
         num_classes=plan.num_classes, iter_kwargs=iter_kwargs, init_checkpoint=config.train.init_from,
         stop_after_steps=stop_after_steps, write_pid=not is_remote(plan.run_dir),
-        progress=progress_mode_for_this_terminal(), tracking_target=tracking_target_of(config, plan.run_dir),
+        tracking_target=tracking_target_of(config, plan.run_dir),
     )
     trainer = build_trainer(config, settings, datasets, plan.name, callbacks)
     import ray.train
 
+    totals = {stage: config.stage(stage).iterations for stage in config.stages or []}
+    follower = ReportFollower(plan.run_dir, totals, progress_mode_for_this_terminal(),
+                              config.train.checkpoint_every, log) if follow else nullcontext()
     try:
-        result = trainer.fit()
+        with follower:
+            result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
         raise ActionRayError(
             f"training run {plan.name} failed: {exc}; fix the cause and continue with --resume"

@@ -157,7 +157,7 @@ def fit_run(config: Config, callbacks: list[Any]) -> dict[str, Any]:
     checkpoint the callbacks kept)."""
     from action_ray.train.trainer import run_training
 
-    return run_training(config, callbacks=callbacks, log=lambda _line: None)
+    return run_training(config, callbacks=callbacks, log=lambda _line: None, follow=False)
 
 
 def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str, test_split: bool) -> None:

@@ -1,0 +1,47 @@
+"""The driver's progress, read from the run folder while the job runs."""
+
+from __future__ import annotations
+
+import json
+
+from action_ray.train.follow import ReportFollower, report_losses
+
+
+def write_rows(path, rows) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def row(stage: str, step: int, loss: float, **extra) -> dict:
+    return {"stage": stage, "step": step, "epoch": 0, "loss": loss, "lr": 0.1, "it_per_s": 2.0, "time": 1.0,
+            "replicas_identical": True, "nodes": "n1", "grad_ratio/encoder/global": 3.0,
+            "pseudo_foreground": 0.2, **extra}
+
+
+def test_losses_leave_out_bookkeeping_and_diagnostics():
+    assert report_losses(row("ft", 2, 0.5, supervised=0.25)) == {"loss": 0.5, "supervised": 0.25}
+
+
+def test_new_reports_and_validations_become_lines_and_old_ones_are_not_repeated(tmp_path):
+    metrics, validation = tmp_path / "metrics.jsonl", tmp_path / "validation.jsonl"
+    write_rows(metrics, [row("p1", 2, 0.9)])  # a resumed run's history
+    lines: list[str] = []
+    follower = ReportFollower(str(tmp_path), {"p1": 4, "ft": 4}, "lines", checkpoint_every=4, log=lines.append,
+                              interval_s=0.05)
+    with follower:
+        write_rows(metrics, [row("p1", 2, 0.9), row("p1", 4, 0.5), row("ft", 2, 0.25)])
+        follower.poll()
+        validation.write_text(json.dumps({"ft_step": 2, "val_dice": 0.5, "new_best": True}) + "\n")
+        metrics.write_text(metrics.read_text() + json.dumps(row("ft", 4, 0.125)) + "\n" + '{"stage": "f')
+    assert lines == [
+        "[p1 4/4] loss 0.5000 | 2.00 it/s | eta 0s | checkpoint",
+        "[ft 2/4] loss 0.2500 | 2.00 it/s | eta 1s",
+        "[validation ft 2] val Dice 0.5000 | new best",
+        "[ft 4/4] loss 0.1250 | 2.00 it/s | eta 0s | checkpoint",
+    ]
+
+
+def test_a_failed_validation_is_shown_as_skipped(tmp_path):
+    lines: list[str] = []
+    with ReportFollower(str(tmp_path), {}, "lines", checkpoint_every=2, log=lines.append, interval_s=0.05):
+        (tmp_path / "validation.jsonl").write_text(json.dumps({"ft_step": 6, "error": "OSError: gone"}) + "\n")
+    assert lines == ["[validation ft 6] failed (OSError: gone); skipped, training continues"]
