@@ -178,6 +178,9 @@ class DataConfig(_Section):
     patch_size: tuple[int, int, int] | None = Field(
         None, description="3-D training patch (D, H, W) = (z, y, x); LA: [80, 112, 112]"
     )
+    shuffle_buffer_rows: int = Field(
+        256, ge=0, description="rows each worker mixes per stream after the per-epoch block shuffle "
+                               "(bigger: batches from more patients, more memory)")
     normalisation: Literal["store", "minmax", "percentile", "zscore", "none"] = Field(
         "store", description="'store' uses the dataset recipe recorded in the store"
     )

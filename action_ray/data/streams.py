@@ -91,6 +91,7 @@ class StreamSettings:
         else:
             size = int(getattr(data_config, "slice_size", 256))
             base = cls(mode="slice", output_size=(size, size), normalization=normalization)
+        base = replace(base, local_shuffle_buffer_size=int(getattr(data_config, "shuffle_buffer_rows", 256)))
         return replace(base, **overrides)
 
 
