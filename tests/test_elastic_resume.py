@@ -1,4 +1,4 @@
-"""``--resume`` on another number of workers (2 → 1 and 1 → 2): the global batch stays, the
+"""``--resume`` on another number of workers (2 → 1 → 2): the global batch stays, the
 per-worker batch follows it, the global bank keeps its size, every report step is logged once,
 a repeated resume command works, a global batch that cannot be split evenly is refused before
 Ray starts, and ``--resume`` of a run that does not exist is refused with its name."""
@@ -26,44 +26,56 @@ def saved_config(run_dir: str) -> dict:
         return yaml.safe_load(handle)
 
 
-@pytest.mark.parametrize(("before", "after"), [(2, 1), (1, 2)])
-def test_resume_on_another_worker_count_keeps_the_global_batch_and_bank(ray_cluster, store_url, tmp_path,
-                                                                          before, after):
-    storage, name = str(tmp_path / "runs"), f"w{before}to{after}"
-    per_worker = 4 // before  # global batch 4 slices of each kind, whatever the worker count
-    batches = [f"data.{k}={per_worker}" for k in ("pretrain_labelled_batch", "pretrain_unlabelled_batch",
-                                                  "ft_labelled_batch", "ft_unlabelled_batch")]
-    first = config_for(store_url, storage, name, *P2_THEN_FT, *batches, f"train.num_workers={before}")
-    stopped = run_training(first, stop_after_steps=3, log=lambda _: None)
-    assert stopped["interrupted"] and stopped["stage"] == "p2"
-    bank_size = first.bank_size()
-    lines: list[str] = []
-    # the user changes only the worker count; the per-worker batch follows the global one
-    again = config_for(store_url, storage, name, *P2_THEN_FT, *batches, f"train.num_workers={after}",
-                       "train.resume=true")
-    # interrupted once more, then the very same command again: config.yaml now holds the rescaled
-    # batches, and the repeated command's per-worker batches are rescaled against it once more
-    partial = run_training(again, stop_after_steps=2, log=lines.append)
-    assert partial["interrupted"]
-    done = run_training(again, log=lines.append)
-    assert done["stage"] == "ft" and done["step"] == 4 and not done["interrupted"]
-    assert any(f"resuming on {after} worker(s) instead of {before}" in line for line in lines), lines
-    assert any(f"resuming on {after} worker(s): per-worker batches set" in line for line in lines), lines
+def global_batch_of_4(workers: int) -> list[str]:
+    """Per-worker batches that make a global batch of 4 slices of each kind on ``workers`` workers."""
+    return [f"data.{k}={4 // workers}" for k in ("pretrain_labelled_batch", "pretrain_unlabelled_batch",
+                                                 "ft_labelled_batch", "ft_unlabelled_batch")]
+
+
+def test_resume_on_fewer_then_more_workers_keeps_the_global_batch_and_bank(ray_cluster, store_url, tmp_path):
+    """One run, three worker counts: 2 workers (stopped in P2) → ``--resume`` on 1 (stopped
+    again, then the very same command once more) → ``--resume`` on 2 to the end. Every report
+    step is logged once, the global batch and the bank size never change."""
+    storage, name = str(tmp_path / "runs"), "elastic"
     run_dir = f"{storage}/{name}"
+
+    def run(workers: int, stop: int | None, lines: list[str], resume: bool = True) -> dict:
+        config = config_for(store_url, storage, name, *P2_THEN_FT, *global_batch_of_4(workers),
+                            f"train.num_workers={workers}", *(["train.resume=true"] if resume else []))
+        return run_training(config, stop_after_steps=stop, log=lines.append)
+
+    first = config_for(store_url, storage, name, *P2_THEN_FT, *global_batch_of_4(2), "train.num_workers=2")
+    bank_size = first.bank_size()
+    assert run(2, 3, [], resume=False)["stage"] == "p2"
+    fewer: list[str] = []
+    # the user changes only the worker count; the per-worker batch follows the global one
+    assert run(1, 2, fewer)["interrupted"]
+    assert any("resuming on 1 worker(s) instead of 2" in line for line in fewer), fewer
+    assert any("resuming on 1 worker(s): per-worker batches set" in line for line in fewer), fewer
+    # the very same command again: config.yaml now holds the rescaled batches
+    assert run(1, 1, [])["interrupted"]
+    assert saved_config(run_dir)["train"]["num_workers"] == 1 and saved_config(run_dir)["data"]["ft_labelled_batch"] == 4
+    more: list[str] = []
+    done = run(2, None, more)
+    assert done["stage"] == "ft" and done["step"] == 4 and not done["interrupted"]
+    assert any("resuming on 2 worker(s) instead of 1" in line for line in more), more
     saved = saved_config(run_dir)
-    assert saved["train"]["num_workers"] == after and saved["data"]["ft_labelled_batch"] == 4 // after
+    assert saved["train"]["num_workers"] == 2 and saved["data"]["ft_labelled_batch"] == 2
     rows = read_metrics(run_dir)
     assert [(r["stage"], r["step"]) for r in rows] == [("p2", 2), ("p2", 4), ("ft", 2), ("ft", 4)]
-    assert len(rows[-1]["nodes"].split(",")) == after and all(r["replicas_identical"] for r in rows)
+    assert [len(r["nodes"].split(",")) for r in rows] == [2, 1, 2, 2]  # the workers of each report
+    assert all(r["replicas_identical"] for r in rows)
     p2 = load_checkpoint(f"{run_dir}/stages/p2")
     assert p2.train_state["banks"]["global"]["keys"].shape[0] == bank_size  # K = bank_batches × global batch
 
 
-def test_a_global_batch_that_does_not_split_evenly_is_refused(ray_cluster, store_url, tmp_path):
+def test_a_global_batch_that_does_not_split_evenly_is_refused(tmp_path, store_url):
+    """Refused before Ray starts: the run only needs to exist (its config.yaml), not to have trained."""
+    from action_ray.train.trainer import plan_run
+
     storage = str(tmp_path / "runs")
     odd = ["data.pretrain_labelled_batch=3", "data.pretrain_unlabelled_batch=1"]
-    first = config_for(store_url, storage, "odd", *P2_THEN_FT, *odd, "train.num_workers=1")
-    run_training(first, stop_after_steps=2, log=lambda _: None)
+    plan_run(config_for(store_url, storage, "odd", *P2_THEN_FT, *odd, "train.num_workers=1"))
     again = config_for(store_url, storage, "odd", *P2_THEN_FT, *odd, "train.num_workers=2", "train.resume=true")
     with pytest.raises(ConfigError, match=r"data\.pretrain_labelled_batch: the global batch of 3 slices .* 2 workers"):
         run_training(again, log=lambda _: None)
