@@ -34,6 +34,7 @@ def report_losses(row: dict[str, Any]) -> dict[str, float]:
 
 def _read_rows(fs: Any, path: str) -> list[dict[str, Any]]:
     """Every complete JSON line of ``path`` (a file being rewritten may end mid-line)."""
+    fs.invalidate_cache(path)  # another process writes it: never trust a cached listing (s3fs)
     if not fs.exists(path):
         return []
     with fs.open(path, "r") as handle:
