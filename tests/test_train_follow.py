@@ -45,3 +45,26 @@ def test_a_failed_validation_is_shown_as_skipped(tmp_path):
     with ReportFollower(str(tmp_path), {}, "lines", checkpoint_every=2, log=lines.append, interval_s=0.05):
         (tmp_path / "validation.jsonl").write_text(json.dumps({"ft_step": 6, "error": "OSError: gone"}) + "\n")
     assert lines == ["[validation ft 6] failed (OSError: gone); skipped, training continues"]
+
+
+def test_announcements_come_first_and_a_restart_shows_its_steps_again(tmp_path):
+    metrics, announced = tmp_path / "metrics.jsonl", tmp_path / "announcements.jsonl"
+    lines: list[str] = []
+    follower = ReportFollower(str(tmp_path), {"ft": 6}, "lines", checkpoint_every=4, log=lines.append)
+    write_rows(announced, [{"time": 0.5, "text": "stage ft: steps 1..6 from epoch 0, batch 0"}])
+    write_rows(metrics, [row("ft", 2, 0.5, time=1.0), row("ft", 4, 0.4, time=2.0)])
+    follower.poll()
+    # the worker group died after step 5; the new one starts from the step-4 checkpoint
+    write_rows(announced, [{"time": 0.5, "text": "stage ft: steps 1..6 from epoch 0, batch 0"},
+                           {"time": 5.0, "text": "stage ft: steps 5..6 from epoch 0, batch 2"}])
+    write_rows(metrics, [row("ft", 2, 0.5, time=1.0), row("ft", 4, 0.4, time=2.0), row("ft", 6, 0.3, time=9.0)])
+    follower.poll()
+    # then a restart from step 2 (the step-4 checkpoint lost): step 4 is done again and shown again
+    write_rows(metrics, [row("ft", 2, 0.5, time=1.0), row("ft", 4, 0.4, time=12.0)])
+    follower.poll()
+    assert lines == ["stage ft: steps 1..6 from epoch 0, batch 0",
+                     "[ft 2/6] loss 0.5000 | 2.00 it/s | eta 2s",
+                     "[ft 4/6] loss 0.4000 | 2.00 it/s | eta 1s | checkpoint",
+                     "stage ft: steps 5..6 from epoch 0, batch 2",
+                     "[ft 6/6] loss 0.3000 | 2.00 it/s | eta 0s | checkpoint",
+                     "[ft 4/6] loss 0.4000 | 2.00 it/s | eta 1s | checkpoint"]

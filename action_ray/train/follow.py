@@ -18,7 +18,7 @@ import threading
 from typing import Any, Callable
 
 from action_ray.config import STAGE_ORDER
-from action_ray.train.progress import ProgressMode, StageProgress
+from action_ray.train.progress import ANNOUNCEMENTS_FILE, ProgressMode, StageProgress
 from action_ray.urls import filesystem_for
 
 #: report fields that are not losses (the rest without a "/" are the step's losses)
@@ -60,12 +60,15 @@ class ReportFollower:
         self.fs, root = filesystem_for(run_dir)
         self.metrics_path = f"{root}/metrics.jsonl"
         self.validation_path = f"{root}/validation.jsonl"
+        self.announcements_path = f"{root}/{ANNOUNCEMENTS_FILE}"
         self.stage_totals, self.mode, self.log, self.interval_s = stage_totals, mode, log, interval_s
         self.checkpoint_every = checkpoint_every
         history = _read_rows(self.fs, self.metrics_path)
         self._seen_reports = len(history)
+        self._seen_times = [row.get("time") for row in history]  # a restart rewrites rows: times differ
         self._resumed_at = (str(history[-1]["stage"]), int(history[-1]["step"])) if history else None
         self._seen_validations = len(_read_rows(self.fs, self.validation_path))
+        self._seen_announcements = len(_read_rows(self.fs, self.announcements_path))
         self._progress: StageProgress | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="action-ray-progress", daemon=True)
@@ -90,7 +93,12 @@ class ReportFollower:
 
     def poll(self) -> None:
         """Show every report and validation row not shown yet, a validation after its FT report."""
+        announced = _read_rows(self.fs, self.announcements_path)
+        for row in announced[self._seen_announcements:]:  # stage starts (and restarts) come first
+            self.log(str(row.get("text", "")))
+        self._seen_announcements = max(self._seen_announcements, len(announced))
         rows = _read_rows(self.fs, self.metrics_path)
+        self._notice_restart(rows)
         checks = _read_rows(self.fs, self.validation_path)
         order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
         events = [((order.get(str(r.get("stage")), 0), int(r.get("step", 0)), 0), self._show_report, r)
@@ -99,8 +107,22 @@ class ReportFollower:
                    for r in checks[self._seen_validations:]]
         for _, show, row in sorted(events, key=lambda event: event[0]):
             show(row)
-        self._seen_reports = max(self._seen_reports, len(rows))
+        self._seen_times = [row.get("time") for row in rows]
+        self._seen_reports = len(rows)
         self._seen_validations = max(self._seen_validations, len(checks))
+
+    def _notice_restart(self, rows: list[dict[str, Any]]) -> None:
+        """A new worker group (a lost worker or node) rewrites ``metrics.jsonl`` from its
+        checkpoint's history (and announces where it starts): show the steps it does again."""
+        kept = 0
+        while kept < min(len(rows), self._seen_reports) and rows[kept].get("time") == self._seen_times[kept]:
+            kept += 1
+        if kept == self._seen_reports:
+            return
+        self._seen_reports = kept
+        if self._progress is not None:
+            self._progress.close()
+            self._progress = None
 
     def _show_report(self, row: dict[str, Any]) -> None:
         stage, step = str(row.get("stage")), int(row.get("step", 0))

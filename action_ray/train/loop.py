@@ -48,7 +48,7 @@ from action_ray.train.checkpoint import (
     save_checkpoint,
     upload_directory,
 )
-from action_ray.train.progress import StageProgress
+from action_ray.train.progress import ANNOUNCEMENTS_FILE, StageProgress
 from action_ray.train.tracking import WorkerTracker, open_worker_tracker
 
 Batch = dict[str, torch.Tensor]
@@ -211,6 +211,9 @@ class Reporter:
         """Called on every rank at the same steps; ``history`` is every report of the run so far."""
         raise NotImplementedError
 
+    def announce(self, line: str) -> None:
+        """Rank 0 only: a line for the person following the run (a stage starting or restarting)."""
+
 
 def _next_stage_state(state, stage: str):
     from action_ray.train.state import handoff_p1_to_p2, handoff_p2_to_ft
@@ -349,8 +352,10 @@ def run_stages(
         sums: dict[str, torch.Tensor] = {}
         window_start, window_steps = time.perf_counter(), 0
         if rank == 0 and state.step < iterations:
-            log(f"stage {stage}: steps {state.step + 1}..{iterations} from epoch {position.epoch}, "
-                f"batch {position.batches}")
+            start = (f"stage {stage}: steps {state.step + 1}..{iterations} from epoch {position.epoch}, "
+                     f"batch {position.batches}")
+            log(start)
+            reporter.announce(start)
         progress = StageProgress("lines", stage, state.step, iterations, log,
                                  enabled=rank == 0 and state.step < iterations)
         while state.step < iterations:
@@ -401,6 +406,17 @@ class RayReporter(Reporter):
             return
         write_metrics(self.run_dir, history)
         self.tracker.log(metrics)
+
+    def announce(self, line: str) -> None:
+        """Add ``line`` to ``<run>/announcements.jsonl``, which the driver shows as it arrives
+        (:mod:`action_ray.train.follow`); kept across restarts, rewritten whole (S3 cannot append)."""
+        from action_ray.urls import filesystem_for
+
+        fs, root = filesystem_for(self.run_dir)
+        path = f"{root}/{ANNOUNCEMENTS_FILE}"
+        earlier = fs.cat_file(path).decode() if fs.exists(path) else ""
+        with fs.open(path, "w") as handle:
+            handle.write(earlier + json.dumps({"time": time.time(), "text": line}) + "\n")
         if checkpoint is None:
             ray.train.report(metrics, checkpoint=None)
             return
