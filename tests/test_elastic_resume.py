@@ -40,7 +40,9 @@ def test_resume_on_fewer_then_more_workers_keeps_the_global_batch_and_bank(ray_c
     run_dir = f"{storage}/{name}"
 
     def run(workers: int, stop: int | None, lines: list[str], resume: bool = True) -> dict:
-        config = config_for(store_url, storage, name, *P2_THEN_FT, *global_batch_of_4(workers),
+        # the user changes only the worker count (the command keeps the first run's per-worker
+        # batches); the per-worker batch follows the global one
+        config = config_for(store_url, storage, name, *P2_THEN_FT, *global_batch_of_4(2),
                             f"train.num_workers={workers}", *(["train.resume=true"] if resume else []))
         return run_training(config, stop_after_steps=stop, log=lines.append)
 
@@ -48,11 +50,11 @@ def test_resume_on_fewer_then_more_workers_keeps_the_global_batch_and_bank(ray_c
     bank_size = first.bank_size()
     assert run(2, 3, [], resume=False)["stage"] == "p2"
     fewer: list[str] = []
-    # the user changes only the worker count; the per-worker batch follows the global one
     assert run(1, 2, fewer)["interrupted"]
     assert any("resuming on 1 worker(s) instead of 2" in line for line in fewer), fewer
     assert any("resuming on 1 worker(s): per-worker batches set" in line for line in fewer), fewer
-    # the very same command again: config.yaml now holds the rescaled batches
+    # the very same command again: config.yaml now holds the rescaled batches, and the command's
+    # per-worker batches are rescaled against it once more
     assert run(1, 1, [])["interrupted"]
     assert saved_config(run_dir)["train"]["num_workers"] == 1 and saved_config(run_dir)["data"]["ft_labelled_batch"] == 4
     more: list[str] = []

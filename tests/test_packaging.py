@@ -25,6 +25,7 @@ def run(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: 
 
 
 def test_the_wheel_installs_and_runs_synth_ingest_info_outside_the_source_tree(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
     wheels = tmp_path / "wheels"
     run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
          str(ROOT)], cwd=tmp_path)
@@ -37,8 +38,10 @@ def test_the_wheel_installs_and_runs_synth_ingest_info_outside_the_source_tree(t
     site = Path(run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                     cwd=tmp_path).strip())
     (site / "deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], cwd=tmp_path)
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "RAY_ADDRESS")}
+    # --force-reinstall: the development environment's own (editable) action-ray metadata is on
+    # that path too, and pip would otherwise take it for this very package, already installed
+    run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--force-reinstall", str(wheel)],
+        cwd=tmp_path, env=env)
     where = run([str(python), "-c", "import action_ray; print(action_ray.__file__)"], cwd=tmp_path, env=env)
     assert where.startswith(str(site)), where  # the installed copy, not the checkout
     cli = str(venv / "bin" / "action-ray")
