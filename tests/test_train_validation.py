@@ -246,16 +246,20 @@ def supervised_run(tmp_path, name: str, *extra: str):
 
 
 @pytest.mark.slow
-def test_run_training_keeps_the_best_validated_checkpoint_across_a_resume(ray_cluster, tmp_path, capsys):
+def test_run_training_keeps_the_best_validated_checkpoint_across_a_resume(ray_cluster, tmp_path, capsys,
+                                                                           monkeypatch):
     """Supervised FT, 1 worker, 6 steps, checkpoints every 2, validation every 4: stopped at
     step 5 and resumed. Validation rows at FT steps 4 and 6, ``best/`` holds the max-Dice one
-    (Ray keeps only the newest checkpoint, so best/ must be a copy), evaluate serves it."""
+    (Ray keeps only the newest checkpoint, so best/ must be a copy), evaluate serves it.
+    With ``train.tracking=mlflow``: one MLflow run across the resume, with the resolved config as
+    parameters, every report's loss at its step and the validation Dice at its FT step."""
+    from mlflow import MlflowClient
     from action_ray.cli import main as cli_main
     from action_ray.train.checkpoint import load_checkpoint
-    from action_ray.train.trainer import read_result, run_training
+    from action_ray.train.trainer import read_metrics, read_result, run_training
 
     store_url, storage, config = supervised_run(tmp_path, "val", "schedule.ft.iterations=6",
-                                                "train.num_to_keep=1", "eval.val_every=4")
+                                                "train.num_to_keep=1", "eval.val_every=4", "train.tracking=mlflow")
     lines: list[str] = []
     stopped = run_training(config, stop_after_steps=5, log=lines.append)
     assert stopped["interrupted"] and "validation on the val split at FT steps 4, 6" in lines
@@ -273,6 +277,18 @@ def test_run_training_keeps_the_best_validated_checkpoint_across_a_resume(ray_cl
     assert result["best_val_dice"] == pytest.approx(winner["val_dice"])
     assert summary["best_ft_step"] == winner["ft_step"]
     assert not any(name.startswith(".best") for name in os.listdir(run))
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient(f"file://{storage}/mlruns")
+    (tracked,) = client.search_runs([client.get_experiment_by_name("action-ray").experiment_id])
+    assert tracked.info.run_name == "val" and tracked.data.params["method"] == "supervised"
+    assert tracked.data.params["schedule.ft.iterations"] == "6"
+    reported = {r["step"]: r["loss"] for r in read_metrics(run)}
+    history = client.get_metric_history(tracked.info.run_id, "ft/loss")
+    assert sorted({m.step for m in history}) == [1, 2, 3, 4, 5, 6]  # step 5 was done twice (resumed from 4)
+    assert all(m.value == pytest.approx(reported[m.step]) for m in history if m.step != 5)
+    dice = client.get_metric_history(tracked.info.run_id, "val/dice")
+    assert [(m.step, m.value) for m in dice] == [(r["ft_step"], pytest.approx(r["val_dice"])) for r in rows]
 
     capsys.readouterr()
     out = str(tmp_path / "eval-best")
@@ -303,30 +319,3 @@ def test_a_retried_step_replaces_its_validation_row(tmp_path):
     for step, dice in ((100, 0.1), (200, 0.2), (200, 0.25), (100, 0.15)):  # a retry repeats 100, 200
         append_validation_row(str(tmp_path), {"ft_step": step, "val_dice": dice})
     assert [(r["ft_step"], r["val_dice"]) for r in read_validation_log(str(tmp_path))] == [(100, 0.15), (200, 0.25)]
-
-
-@pytest.mark.slow
-def test_mlflow_tracking_logs_params_losses_and_validation_dice(ray_cluster, tmp_path, monkeypatch):
-    """train.tracking=mlflow: one MLflow run named after the run, with the resolved config as
-    parameters, every report's losses at their step and the validation Dice at its FT step."""
-    from mlflow import MlflowClient
-
-    from action_ray.train.trainer import run_training
-
-    _, storage, config = supervised_run(tmp_path, "tracked", "schedule.ft.iterations=4", "eval.val_every=2",
-                                        "train.tracking=mlflow")
-    run_training(config, log=lambda _line: None)
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    client = MlflowClient(f"file://{storage}/mlruns")
-    runs = client.search_runs([client.get_experiment_by_name("action-ray").experiment_id])
-    assert [r.info.run_name for r in runs] == ["tracked"]
-    run = runs[0]
-    assert run.data.params["method"] == "supervised" and run.data.params["schedule.ft.iterations"] == "4"
-    with open(f"{storage}/tracked/metrics.jsonl") as handle:
-        reported = [json.loads(line) for line in handle]
-    losses = client.get_metric_history(run.info.run_id, "ft/loss")
-    assert [(m.step, m.value) for m in losses] == [(r["step"], pytest.approx(r["loss"])) for r in reported]
-    dice = client.get_metric_history(run.info.run_id, "val/dice")
-    assert [(m.step, m.value) for m in dice] == [(r["ft_step"], pytest.approx(r["val_dice"]))
-                                                for r in read_validation_log(f"{storage}/tracked")]
-    assert [m.step for m in dice] == [2, 4]

@@ -4,6 +4,8 @@ Why here and in this shape: Ray Train's integration for MLflow is ``ray.air.inte
 setup_mlflow``, called inside the training function; it opens one MLflow run on rank 0 and hands
 the other ranks a no-op. We call it in the worker with the run's resolved (redacted) config as
 the parameters and log every report's mean losses as ``<stage>/<name>`` at the stage's step.
+A resumed run, or a new worker group after a failure, continues the same MLflow run (its
+id is in ``tracking.json``); steps done again after a restart are logged again at their step.
 Validation runs in the Train controller (:mod:`action_ray.train.validation`), a different
 process: rank 0 therefore records where its run lives in ``<run>/tracking.json``, and the
 validator adds ``val/dice`` (and per class) to the same MLflow run at the FT step. A sweep's
@@ -110,14 +112,21 @@ def open_worker_tracker(backend: str, target: str | None, config: Any, run_dir: 
     if backend == "none" or target is None or rank != 0:
         return WorkerTracker("none")
     run_name = run_dir.rstrip("/").rsplit("/", 1)[-1]
+    previous = read_tracking(run_dir)
     if backend == "mlflow":
-        from ray.air.integrations.mlflow import setup_mlflow
-
         _allow_file_store(target)
-        params = _flat_params(config.to_dict())
-        mlflow = setup_mlflow(params, tracking_uri=target, experiment_name=config.train.tracking_experiment,
-                              run_name=run_name, create_experiment_if_not_exists=True,
-                              tags={"action_ray.run_dir": redact(run_dir)})
+        if previous and previous.get("backend") == "mlflow" and previous.get("run_id"):
+            import mlflow  # a resumed run (or a new worker group) continues its MLflow run
+
+            mlflow.set_tracking_uri(target)
+            mlflow.start_run(run_id=previous["run_id"])
+        else:
+            from ray.air.integrations.mlflow import setup_mlflow
+
+            params = _flat_params(config.to_dict())
+            mlflow = setup_mlflow(params, tracking_uri=target, experiment_name=config.train.tracking_experiment,
+                                  run_name=run_name, create_experiment_if_not_exists=True,
+                                  tags={"action_ray.run_dir": redact(run_dir)})
         record = {"backend": backend, "tracking_uri": redact(target), "run_id": mlflow.active_run().info.run_id}
         writer: Any = mlflow
     else:
