@@ -406,6 +406,14 @@ class RayReporter(Reporter):
             return
         write_metrics(self.run_dir, history)
         self.tracker.log(metrics)
+        if checkpoint is None:
+            ray.train.report(metrics, checkpoint=None)
+            return
+        with tempfile.TemporaryDirectory(prefix="action-ray-ckpt-") as tmp:
+            save_checkpoint(tmp, checkpoint)
+            if checkpoint.stage_done:
+                upload_directory(tmp, f"{self.run_dir}/stages/{checkpoint.stage}")
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def announce(self, line: str) -> None:
         """Add ``line`` to ``<run>/announcements.jsonl``, which the driver shows as it arrives
@@ -417,14 +425,6 @@ class RayReporter(Reporter):
         earlier = fs.cat_file(path).decode() if fs.exists(path) else ""
         with fs.open(path, "w") as handle:
             handle.write(earlier + json.dumps({"time": time.time(), "text": line}) + "\n")
-        if checkpoint is None:
-            ray.train.report(metrics, checkpoint=None)
-            return
-        with tempfile.TemporaryDirectory(prefix="action-ray-ckpt-") as tmp:
-            save_checkpoint(tmp, checkpoint)
-            if checkpoint.stage_done:
-                upload_directory(tmp, f"{self.run_dir}/stages/{checkpoint.stage}")
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def write_metrics(run_dir: str, history: list[dict[str, Any]]) -> None:
