@@ -51,11 +51,12 @@ def test_resume_on_fewer_then_more_workers_keeps_the_global_batch_and_bank(ray_c
     assert run(2, 3, [], resume=False)["stage"] == "p2"
     fewer: list[str] = []
     assert run(1, 2, fewer)["interrupted"]
-    assert any("resuming on 1 worker(s) instead of 2" in line for line in fewer), fewer
-    assert any("resuming on 1 worker(s): per-worker batches set" in line for line in fewer), fewer
+    assert any("resuming on 1 worker(s) instead of 2: per-worker batches set" in line for line in fewer), fewer
     # the very same command again: config.yaml now holds the rescaled batches, and the command's
     # per-worker batches are rescaled against it once more
-    assert run(1, 1, [])["interrupted"]
+    repeated: list[str] = []
+    assert run(1, 1, repeated)["interrupted"]
+    assert any("resuming on 1 worker(s): per-worker batches set" in line for line in repeated), repeated
     assert saved_config(run_dir)["train"]["num_workers"] == 1 and saved_config(run_dir)["data"]["ft_labelled_batch"] == 4
     more: list[str] = []
     done = run(2, None, more)

@@ -70,7 +70,7 @@ def config_for(store_url: str, storage: str, name: str, *extra: str):
 # also shows that two fresh runs of the same config repeat (the quality table relies on it)
 PRETRAIN = ["stages=[p1, p2]", "schedule.p1.iterations=2", "schedule.p2.iterations=4",
             "train.report_every=1", "train.checkpoint_every=2", "train.deterministic=true",
-            "data.crop_size=16", "data.crop_foreground_p=0.5"]
+            "data.crop_size=16", "data.crop_foreground_p=0.5", "model.cut_size=8", "model.cut_stride=8"]
 
 
 def losses(rows):
