@@ -121,6 +121,7 @@ def test_evaluate_writes_reports_matching_recomputed_metrics(tiny, tmp_path):
     assert summary["n_cases"] == 4 and summary["split"] == "test" and summary["stage"] == "ft"
     assert json.loads((out / "summary.json").read_text())["per_class"]["2"]["name"] == "MYO"
     assert "| **mean** |" in (out / "summary.md").read_text()
+    assert "training curves" not in (out / "summary.md").read_text()  # this run has none
 
     # the same student, the same settings: recompute every row with case_metrics
     student = load_student(resolve_checkpoint(str(run_dir)))
@@ -332,3 +333,15 @@ def test_a_deleted_or_corrupt_chunk_leaves_its_case_out_by_id_and_the_rest_is_sc
     assert summary["n_cases"] == 1 and [u["case_id"] for u in summary["unreadable_cases"]] == ["t0", "t1"]
     assert {row["case"] for row in read_csv(out / "metrics.csv")} == {"t2"}
     assert "left out, unreadable" in (out / "summary.md").read_text()
+
+
+def test_the_report_links_the_runs_training_curves(tiny, tmp_path):
+    store, run_dir = tiny
+    curves = Path(run_dir) / "curves.png"
+    curves.write_bytes(b"\x89PNG\r\n\x1a\n")
+    try:
+        summary = evaluate_run(run_dir, store.url, out_dir=tmp_path / "out", progress=False)
+    finally:
+        curves.unlink()
+    assert summary["training_curves"] == str(curves)
+    assert f"- training curves: `{curves}`" in (tmp_path / "out" / "summary.md").read_text()

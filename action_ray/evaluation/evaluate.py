@@ -25,7 +25,7 @@ from action_ray.evaluation.montage import MontageCase, montage_case, write_monta
 from action_ray.evaluation.report import build_summary, case_rows, write_reports
 from action_ray.metrics import EMPTY_CONVENTIONS
 from action_ray.store.schema import SPLITS
-from action_ray.urls import redact
+from action_ray.urls import filesystem_for, redact
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,10 @@ def evaluate_run(
         raise ConfigError(f"split {split!r} of {redact(store_url)} has no labelled case to score "
                           f"({len(scored.skipped_unlabelled)} unlabelled)")
     out = str(out_dir) if out_dir is not None else default_out_dir(str(run_dir), split, checkpoint)
+    fs, root = filesystem_for(str(run_dir))
+    curves = f"{str(run_dir).rstrip('/')}/curves.png"  # the run's training curves, linked from the report
     info = {
+        **({"training_curves": redact(curves)} if fs.exists(f"{root.rstrip('/')}/curves.png") else {}),
         **student.describe(),
         "checkpoint_choice": describe_selection(selection) if checkpoint == "best" else checkpoint,
         "selection": selection,

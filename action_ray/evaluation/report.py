@@ -125,6 +125,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         f"- checkpoint: `{summary.get('checkpoint', '?')}` (stage {summary.get('stage', '?')}, "
         f"step {summary.get('step', '?')}, selection: {summary.get('checkpoint_choice', '?')})",
         f"- store: `{summary.get('store', '?')}`",
+        *([f"- training curves: `{summary['training_curves']}`"] if summary.get("training_curves") else []),
         f"- cases: {summary.get('n_cases', 0)} ({summary.get('n_patients', 0)} patients); "
         f"skipped unlabelled: {len(summary.get('skipped_unlabelled') or [])}",
         *([f"- **left out, unreadable**: " + "; ".join(f"`{u['case_id']}` ({u['error']})"
