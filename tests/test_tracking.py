@@ -72,3 +72,17 @@ def test_a_run_without_tracking_ignores_validation_logging(tmp_path):
     log_validation(str(tmp_path), None, {"ft_step": 2, "val_dice": 0.5})
     assert not os.path.exists(tmp_path / TRACKING_FILE)
     assert read_tracking(str(tmp_path)) is None
+
+
+def test_a_failing_tracker_is_switched_off_instead_of_stopping_training(capsys):
+    from action_ray.train.tracking import WorkerTracker
+
+    class Broken:
+        def log_metrics(self, values, step):
+            raise ConnectionError("tracking server down")
+
+    tracker = WorkerTracker("mlflow", Broken())
+    tracker.log({"stage": "ft", "step": 1, "loss": 0.5})
+    tracker.log({"stage": "ft", "step": 2, "loss": 0.4})  # off now: no second failure
+    out = capsys.readouterr().out
+    assert out.count("failed and is off for this run") == 1 and "tracking server down" in out

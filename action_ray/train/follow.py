@@ -80,7 +80,10 @@ class ReportFollower:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
-        self.poll()  # the last report and validation of the run
+        try:
+            self.poll()  # the last report and validation of the run
+        except Exception:  # noqa: BLE001 - a finished run must not fail on showing its last line
+            pass
         if self._progress is not None:
             self._progress.close()
 

@@ -89,8 +89,18 @@ class WorkerTracker:
         self._writer = writer
 
     def log(self, metrics: Mapping[str, Any]) -> None:
+        """Log one report; a tracker that fails (server down, disk full) is reported once and
+        switched off: it observes training and must never stop it."""
         if self._writer is None:
             return
+        try:
+            self._log(metrics)
+        except Exception as exc:  # noqa: BLE001
+            print(redact(f"experiment tracking ({self.backend}) failed and is off for this run: "
+                         f"{type(exc).__name__}: {exc}")[:300])
+            self._writer = None
+
+    def _log(self, metrics: Mapping[str, Any]) -> None:
         stage, step = metrics["stage"], int(metrics["step"])
         values = {f"{stage}/{k}": float(v) for k, v in metrics.items()
                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "time", "epoch")}
