@@ -1,8 +1,9 @@
 """The ``action-ray`` command: one verb per job, as in nnU-Net.
 
-Each verb lives in its own module exposing ``configure(parser)`` and ``run(args) -> int``.
-Those modules keep heavy imports (torch, ray, dask, zarr) inside ``run`` so that
-``action-ray --help`` stays instant.
+Each verb lives in its own module of :mod:`action_ray.commands`, exposing ``configure(parser)``
+and ``run(args) -> int``: the verb parses its options and calls the Python API of the package
+that does the work. Those modules keep heavy imports (torch, ray, dask, zarr) inside ``run``, on
+purpose, so that ``action-ray --help`` stays instant.
 
 Exit codes: 0 success; 2 a user error (an :class:`~action_ray.errors.ActionRayError`, a bad
 command line, or an input path that does not exist or cannot be read), printed as one line that
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import re
 import sys
 import traceback
 from typing import Sequence
@@ -33,17 +35,17 @@ DEBUG_HELP = "show the traceback of an error; accepted anywhere on the command l
 
 #: verb -> (module, one-line help). Order is the order shown by ``--help``.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("action_ray.synth.command", "write synthetic cardiac/liver phantoms in ACDC/LiTS layout"),
-    "ingest": ("action_ray.ingest.command", "convert a NIfTI collection (local or s3://) into a Zarr volume store"),
-    "info": ("action_ray.store.info_command", "summarise a Zarr volume store"),
-    "train": ("action_ray.train.command", "train ACTION (P1 -> P2 -> FT) or a baseline on Ray Train"),
-    "tune": ("action_ray.tune_command", "Ray Tune sweep over label ratio, temperatures and methods"),
-    "evaluate": ("action_ray.evaluate_command", "per-case Dice/Jaccard/HD95/ASD of a trained run"),
-    "predict": ("action_ray.predict_command", "write NIfTI label maps from a checkpoint"),
-    "bench": ("action_ray.bench.command", "benchmarks that print ratios measured side by side"),
-    "convert-checkpoint": ("action_ray.train.convert_command",
+    "synth": ("action_ray.commands.synth", "write synthetic cardiac/liver phantoms in ACDC/LiTS layout"),
+    "ingest": ("action_ray.commands.ingest", "convert a NIfTI collection (local or s3://) into a Zarr volume store"),
+    "info": ("action_ray.commands.info", "summarise a Zarr volume store"),
+    "train": ("action_ray.commands.train", "train ACTION (P1 -> P2 -> FT) or a baseline on Ray Train"),
+    "tune": ("action_ray.commands.tune", "Ray Tune sweep over label ratio, temperatures and methods"),
+    "evaluate": ("action_ray.commands.evaluate", "per-case Dice/Jaccard/HD95/ASD of a trained run"),
+    "predict": ("action_ray.commands.predict", "write NIfTI label maps from a checkpoint"),
+    "bench": ("action_ray.commands.bench", "benchmarks that print ratios measured side by side"),
+    "convert-checkpoint": ("action_ray.commands.convert_checkpoint",
                            "rewrite a trusted format-1 checkpoint so that it loads without unpickling"),
-    "demo": ("action_ray.demo", "synth -> ingest -> train -> evaluate on phantoms, end to end"),
+    "demo": ("action_ray.commands.demo", "synth -> ingest -> train -> evaluate on phantoms, end to end"),
 }
 
 
@@ -68,10 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
         module = _load(module_name)
         if module is None:
             continue
-        sub = verbs.add_parser(verb, help=help_text, description=(module.__doc__ or help_text).strip().split("\n\n")[0])
+        sub = verbs.add_parser(verb, help=help_text, description=_description(module.__doc__, help_text))
         module.configure(sub)
         sub.set_defaults(_module=module)
     return parser
+
+
+def _description(doc: str | None, fallback: str) -> str:
+    """A verb's ``--help`` description: its docstring's first paragraph without the leading
+    ``action-ray VERB``: tag the docstrings carry for readers of the source."""
+    first = (doc or fallback).strip().split("\n\n")[0]
+    return re.sub(r"^``action-ray [\w -]+``:\s*", "", first)
 
 
 def _is_override(token: str) -> bool:

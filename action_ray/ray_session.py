@@ -1,13 +1,19 @@
-"""Connecting to Ray: the one place that decides between a cluster and a local instance.
+"""Connecting to Ray: the one place that decides between a cluster and a local instance, and how
+big a local instance must be.
 
-Every verb that runs on Ray (``train``, ``tune``, ``ingest --scheduler ray``) goes through
+Every job that runs on Ray (training, a sweep, ``ingest --scheduler ray``) goes through
 :func:`connect_or_start`: with ``RAY_ADDRESS`` set it joins that cluster (``ray job submit``
-sets it for the job's driver); otherwise it starts a local Ray sized by the caller, with the
-object store capped, since action-ray streams volumes and never holds a collection in it.
+sets it for the job's driver); otherwise it starts a local Ray, with the object store capped,
+since action-ray streams volumes and never holds a collection in it. The sizing rules of a
+local Ray for a training run (:func:`start_for_training`) and for a sweep
+(:func:`start_for_sweep`) live here too, so the two cannot drift apart. This module sits below
+train, tuning and ingest, which all start Ray, because their Python APIs must work without the
+command line too.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import sys
@@ -65,3 +71,49 @@ def current_node() -> str:
         if ray.is_initialized():
             return ray.get_runtime_context().get_node_id()
     return socket.gethostname()
+
+
+def start_for_training(num_workers: int, cpus_per_worker: float, use_gpu: bool,
+                       log: Callable[[str], None] = print) -> None:
+    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray sized for one training run.
+
+    Locally, Ray gets at least two more logical CPUs than the workers need (and at least twice
+    the cores), so Ray Data's read tasks always find one (whole-CPU workers that take every
+    logical CPU of a 2-core machine leave the read tasks none, and training hangs); the workers
+    are few and the read tasks short, so the logical oversubscription costs nothing. Worker
+    output stays in Ray's session logs: training shows its progress from the run folder.
+    """
+    workers = max(1, num_workers)
+    needed = math.ceil(workers * cpus_per_worker) + 2
+    num_cpus = max(2 * (os.cpu_count() or 1), needed)
+    num_gpus = None
+    if use_gpu and not os.environ.get("RAY_ADDRESS"):
+        import torch
+
+        num_gpus = torch.cuda.device_count()
+    connect_or_start(num_cpus, num_gpus, log=log, worker_logs=False)
+
+
+def start_for_sweep(concurrent_trials: int, cpus_per_trial: float, gpus_per_trial: float, *,
+                    early_stopping: bool, log: Callable[[str], None] = print) -> None:
+    """Connect to ``RAY_ADDRESS`` if set (or keep the Ray this process already has), else start
+    a local Ray big enough for ``concurrent_trials`` trials at once plus one CPU for reads.
+
+    With early stopping (ASHA) the dashboard (State API) must be up: otherwise the placement
+    groups of stopped trials are never cleaned and later trials wait forever.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        connect_or_start(1, log=log, worker_logs=False)
+        return
+    num_cpus = max(os.cpu_count() or 1, math.ceil(max(1, concurrent_trials) * cpus_per_trial) + 1)
+    num_gpus = None
+    if gpus_per_trial:
+        import torch
+
+        num_gpus = torch.cuda.device_count()
+    connect_or_start(num_cpus, num_gpus, dashboard=early_stopping, log=log,
+                     reason="dashboard on: ASHA needs the State API" if early_stopping else "")

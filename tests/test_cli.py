@@ -54,7 +54,7 @@ class _Verb:
 @pytest.fixture
 def verb(monkeypatch):
     def install(error: BaseException) -> None:
-        monkeypatch.setattr(cli, "_load", lambda name: _Verb(error) if name == "action_ray.demo" else None)
+        monkeypatch.setattr(cli, "_load", lambda name: _Verb(error) if name == "action_ray.commands.demo" else None)
     monkeypatch.delenv("ACTION_RAY_DEBUG", raising=False)
     return install
 

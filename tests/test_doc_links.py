@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [*ROOT.glob("action_ray/**/*.py"), *ROOT.glob("action_ray/**/*.yaml"), *ROOT.glob("docs/*.md"),

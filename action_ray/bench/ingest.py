@@ -66,10 +66,10 @@ def write_random_acdc(out: Path, n_volumes: int, size: int, slices: int, seed: i
 
 
 def write_phantom_acdc(out: Path, n_volumes: int, workers: int) -> None:
-    """Cardiac phantoms via ``action-ray synth`` (two volumes per patient)."""
-    cmd = [sys.executable, "-m", "action_ray.cli", "synth", "cardiac", "--out", str(out),
-           "--cases", str((n_volumes + 1) // 2), "--workers", str(workers)]
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    """Cardiac phantoms, as ``action-ray synth`` writes them (two volumes per patient)."""
+    from action_ray.synth.collection import CollectionRequest, write_collection
+
+    write_collection(CollectionRequest("cardiac", out, cases=(n_volumes + 1) // 2, workers=workers), progress=False)
 
 
 def source_bytes(root: Path) -> int:

@@ -43,7 +43,7 @@ def measure_cardiac(cases: int, size: int, seed: int) -> dict[str, str]:
     import numpy as np
 
     from action_ray.synth.cardiac import cardiac_case
-    from action_ray.synth.command import case_seed
+    from action_ray.synth.collection import case_seed
 
     cpu, fractions, slices, spacings = [], [], [], []
     for i in range(cases):
@@ -69,7 +69,7 @@ def measure_liver(cases: int, size: int, seed: int) -> dict[str, str]:
 
     import numpy as np
 
-    from action_ray.synth.command import case_seed
+    from action_ray.synth.collection import case_seed
     from action_ray.synth.liver import liver_case
 
     cpu, fractions, slices, spacings = [], [], [], []

@@ -22,6 +22,7 @@ import os
 import shlex
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from action_ray.errors import ActionRayError
@@ -77,18 +78,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 # ------------------------------------------------------------------------------- phantoms
 def ensure_phantom_store(out: str, patients: int, size: int, workers: int) -> str:
     """Synthesise ``patients`` cardiac phantoms and ingest them (both steps resume/skip)."""
-    from action_ray.cli import main as cli_main
+    from action_ray.ingest.runner import IngestOptions, format_report, run_ingest
+    from action_ray.synth.collection import CollectionRequest, write_collection
 
     raw = os.path.join(out, f"phantoms-{patients}x{size}")
     store = os.path.join(out, f"cardiac-{patients}x{size}.zarr")
-    steps = (
-        ["synth", "cardiac", "--out", raw, "--cases", str(patients), "--size", str(size), "--workers", str(workers)],
-        ["ingest", raw, store, "--layout", "acdc", "--recipe", "phantom-cardiac", "--workers", str(workers)],
-    )
-    for argv in steps:
-        code = cli_main(argv)
-        if code:
-            raise ActionRayError(f"`action-ray {shlex.join(argv)}` exited with {code}")
+    made = write_collection(CollectionRequest("cardiac", Path(raw), cases=patients, size=size, workers=workers))
+    print(f"phantoms: wrote {made.written}, skipped {made.skipped} already complete, in {raw}", flush=True)
+    report = run_ingest(IngestOptions(src=raw, dst=store, layout="acdc", recipe="phantom-cardiac", workers=workers),
+                        say=lambda line: print(line, flush=True))
+    print(format_report(report), flush=True)
+    if report.exit_code:
+        raise ActionRayError(f"ingesting the phantoms {raw} into {store} left cases out (see the report above); "
+                             "delete --out and run the benchmark again")
     return store
 
 

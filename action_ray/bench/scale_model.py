@@ -50,7 +50,6 @@ def ring_allgather_s(per_rank: float, n: int, bandwidth: float, alpha: float = A
 
 def paper_traffic() -> list[StageTraffic]:
     """P2 and FT of `acdc-2d` (the published 2-D recipe), one worker's share of a step."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     from action_ray.config import load_config

@@ -26,11 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from action_ray.commands.options import add_storage_option, storage_options_from
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="store URL; default: a temporary store of phantom-like volumes")
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="fsspec option for the store (repeatable)")
+    add_storage_option(parser, "fsspec option for the store (repeatable)")
     parser.add_argument("--cases", type=int, default=8, help="temporary store: number of cases (default 8)")
     parser.add_argument("--slices", type=int, default=32, help="temporary store: slices per case (default 32)")
     parser.add_argument("--size", type=int, default=224, help="temporary store: in-plane size (default 224)")
@@ -52,11 +53,11 @@ def run(args: argparse.Namespace) -> int:
                        "RAY_DATA_LOG_LEVEL": "WARNING"}.items():
         os.environ.setdefault(key, value)  # before ray.init: workers inherit them
     from action_ray.errors import ConfigError
-    from action_ray.urls import parse_storage_options, redact
+    from action_ray.urls import redact
 
     if args.epochs < 2:
         raise ConfigError("--epochs must be at least 2 (the first epoch is warm-up)")
-    storage_options = parse_storage_options(args.storage_option)
+    storage_options = storage_options_from(args)
     with tempfile.TemporaryDirectory(prefix="action-ray-bench-stream-") as tmp:
         url = args.store or write_phantom_store(f"{tmp}/store.zarr", args.cases, args.slices, args.size)
         print(f"store: {redact(url)}")

@@ -6,7 +6,7 @@ Modules, one job each:
 * :mod:`~action_ray.ingest.validate` – read one NIfTI pair from any filesystem and reject bad input;
 * :mod:`~action_ray.ingest.splits`   – train/val/test by patient (split file or seeded 70/10/20);
 * :mod:`~action_ray.ingest.runner`   – one dask task per case, resumable, with a summary table;
-* :mod:`~action_ray.ingest.command`  – the CLI verb.
+* the verb itself is :mod:`action_ray.commands.ingest`.
 
 Scheduler choice: ``threads`` is the default because it measured faster than ``processes`` for
 this workload on a 2-core machine (``action-ray bench ingest``): nibabel's gzip decode and the

@@ -165,7 +165,7 @@ def recipe_hint(options: IngestOptions) -> str | None:
     ``action-ray synth`` writes it, so phantoms in ACDC/LiTS layout are ingested with their own
     recipe (classes, normalisation, seeded 70/10/20 split) and not with the real dataset's.
     """
-    from action_ray.synth.command import RECIPE_HINT_FILE
+    from action_ray.synth.collection import RECIPE_HINT_FILE
 
     fs, root = filesystem_for(options.src, options.storage_options)
     try:

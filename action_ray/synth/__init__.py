@@ -4,7 +4,7 @@
   2 MYO, 3 LV);
 * :func:`action_ray.synth.liver.liver_case` - LiTS-like CT in HU (0 bg, 1 liver, 2 tumour);
 * :mod:`action_ray.synth.layouts` - NIfTI writers for both on-disk layouts;
-* ``action-ray synth`` (:mod:`action_ray.synth.command`) - many cases in parallel, resumable.
+* :mod:`action_ray.synth.collection` - a whole collection, many cases in parallel, resumable (``action-ray synth``).
 
 Nothing is imported here, so ``action-ray --help`` does not pay for numpy/scipy/nibabel.
 The design and calibration targets are in ``docs/phantoms.md``.

@@ -20,7 +20,6 @@ of each stage in ``stages/<stage>/`` and ``result.json`` once every stage is don
 from __future__ import annotations
 
 import json
-import math
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,27 +31,8 @@ from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_wo
 from action_ray.train.follow import ReportFollower
 from action_ray.train.progress import progress_mode_for_this_terminal
 from action_ray.train.tracking import tracking_target_of
-from action_ray.ray_session import connect_or_start
+from action_ray.ray_session import start_for_training
 from action_ray.urls import filesystem_for, is_remote, redact
-
-
-def ensure_ray(config: Config, log: Callable[[str], None] = print) -> None:
-    """Connect to ``RAY_ADDRESS`` if set, else start a local Ray sized for this run.
-
-    Locally, Ray gets at least two more logical CPUs than the workers need (and at least twice
-    the cores), so Ray Data's read tasks always find one (whole-CPU workers that take every
-    logical CPU of a 2-core machine leave the read tasks none, and training hangs); the workers
-    are few and the read tasks short, so the logical oversubscription costs nothing.
-    """
-    workers = max(1, config.train.num_workers)
-    needed = math.ceil(workers * config.train.cpus_per_worker) + 2
-    num_cpus = max(2 * (os.cpu_count() or 1), needed)
-    num_gpus = None
-    if config.train.use_gpu and not os.environ.get("RAY_ADDRESS"):
-        import torch
-
-        num_gpus = torch.cuda.device_count()
-    connect_or_start(num_cpus, num_gpus, log=log, worker_logs=False)
 
 
 def data_config(config: Config):
@@ -424,7 +404,7 @@ def run_training(
             "still gets each stage's final checkpoint")
     if callbacks is None:
         callbacks = validation_callbacks(config, plan.run_dir, log)
-    ensure_ray(config, log)
+    start_for_training(config.train.num_workers, config.train.cpus_per_worker, config.train.use_gpu, log)
     from ray.data import DataContext
 
     context = DataContext.get_current()

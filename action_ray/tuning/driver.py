@@ -32,6 +32,7 @@ from typing import Any, Callable, Mapping
 
 from action_ray.config import Config
 from action_ray.errors import ActionRayError
+from action_ray.ray_session import start_for_sweep
 from action_ray.train.validation import (
     EVAL_DEVICE,
     CheckpointValidator,
@@ -69,34 +70,6 @@ class TrialResources:
         if self.worker_gpus:
             fit = min(fit, math.floor(gpus / self.worker_gpus + 1e-9))
         return max(1, fit)
-
-
-def ensure_tune_ray(sweep: SweepConfig, base: Config, resources: TrialResources,
-                    log: Callable[[str], None] = print) -> None:
-    """Connect to ``RAY_ADDRESS`` (as ``action-ray train`` does), or start a local Ray big
-    enough for the requested concurrency.
-
-    With ASHA the dashboard (State API) must be up: otherwise the placement groups of stopped
-    trials are never cleaned and later trials wait forever (ray-notes §6).
-    """
-    import ray
-
-    from action_ray.ray_session import connect_or_start
-    from action_ray.train.trainer import ensure_ray
-
-    if ray.is_initialized() or os.environ.get("RAY_ADDRESS"):
-        ensure_ray(base, log)
-        return
-    concurrent = sweep.tune.max_concurrent_trials or 1
-    num_cpus = max(os.cpu_count() or 1, math.ceil(concurrent * resources.cpus) + 1)
-    num_gpus = None
-    if resources.worker_gpus:
-        import torch
-
-        num_gpus = torch.cuda.device_count()
-    dashboard = sweep.tune.uses_early_stopping
-    connect_or_start(num_cpus, num_gpus, dashboard=dashboard, log=log,
-                     reason="dashboard on: ASHA needs the State API" if dashboard else "")
 
 
 def _tune_report_callback_class():
@@ -301,7 +274,8 @@ def run_sweep(sweep: SweepConfig, *, command: str | None = None, resume: bool = 
     with fs.open(f"{root}/sweep.yaml", "w") as handle:
         handle.write(sweep_text)
     resources = TrialResources.of(base, sweep.tune.driver_cpus)
-    ensure_tune_ray(sweep, base, resources, log)
+    start_for_sweep(sweep.tune.max_concurrent_trials or 1, resources.cpus, resources.worker_gpus,
+                    early_stopping=sweep.tune.uses_early_stopping, log=log)
     import ray
 
     cluster = ray.cluster_resources()

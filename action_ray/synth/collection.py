@@ -1,14 +1,14 @@
-"""Write synthetic cardiac (ACDC layout) or liver (LiTS layout) phantoms to a folder.
+"""Writing a whole phantom collection to a folder: cardiac (ACDC layout) or liver (LiTS layout).
 
-Case ``i`` uses a seed derived from ``(--seed, i)`` alone, so the files are byte-identical for
-any ``--workers``; cases whose files already exist are skipped, so an interrupted run is
-resumed by running the same command again.
+Case ``i`` uses a seed derived from ``(seed, i)`` alone, so the files are byte-identical for
+any number of workers; cases whose files already exist are skipped, so an interrupted run is
+resumed by the same call. ``action-ray synth`` (:mod:`action_ray.commands.synth`) is the
+command-line face of :func:`write_collection`.
 """
 
 from __future__ import annotations
 
-import argparse
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from action_ray.errors import ActionRayError
@@ -21,18 +21,35 @@ RECIPE_HINT_FILE = "action-ray-recipe.txt"
 RECIPE_FOR_KIND = {"cardiac": "phantom-cardiac", "liver": "phantom-liver"}
 
 #: A file at the collection root recording what generated it (kind, seed, size). Resuming skips
-#: cases whose files exist, so without it a rerun with another --seed or --size would silently
+#: cases whose files exist, so without it a rerun with another seed or size would silently
 #: mix two collections in one folder (and another kind would change the recipe hint).
 MANIFEST_FILE = "action-ray-synth.json"
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=KINDS, help="cardiac -> ACDC layout, liver -> LiTS layout")
-    parser.add_argument("--out", required=True, help="output folder (created if missing)")
-    parser.add_argument("--cases", type=int, required=True, help="number of patients (cardiac) or volumes (liver)")
-    parser.add_argument("--size", type=int, choices=(128, 256), default=128, help="in-plane matrix (default 128)")
-    parser.add_argument("--seed", type=int, default=0, help="collection seed; case i uses a seed derived from (seed, i)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all CPUs)")
+@dataclass(frozen=True)
+class CollectionRequest:
+    """What to synthesise: ``cases`` patients (cardiac) or volumes (liver) into ``out``."""
+
+    kind: str
+    out: Path
+    cases: int
+    size: int = 128
+    seed: int = 0
+    workers: int = 1
+
+    @property
+    def unit(self) -> str:
+        return "patient" if self.kind == "cardiac" else "volume"
+
+    @property
+    def layout(self) -> str:
+        return "ACDC" if self.kind == "cardiac" else "LiTS"
+
+
+@dataclass(frozen=True)
+class CollectionResult:
+    written: int
+    skipped: int
 
 
 def case_seed(seed: int, index: int) -> int:
@@ -65,21 +82,19 @@ def make_case(kind: str, out: str, index: int, seed: int, size: int) -> int:
     return index
 
 
-def _check_args(args: argparse.Namespace) -> Path:
-    out = Path(args.out)
+def check_request(request: CollectionRequest) -> None:
+    """Refuse impossible requests before anything is written, naming the option to fix."""
+    if request.kind not in KINDS:
+        raise ActionRayError(f"unknown phantom kind {request.kind!r}; choose one of {', '.join(KINDS)}")
+    out = request.out
     if out.exists() and not out.is_dir():
         raise ActionRayError(f"--out {out} exists and is not a folder; pass a folder path")
-    if args.cases < 1:
-        raise ActionRayError(f"--cases must be >= 1, got {args.cases}")
-    if args.workers < 1:
-        raise ActionRayError(f"--workers must be >= 1, got {args.workers}")
-    if args.seed < 0:
-        raise ActionRayError(f"--seed must be >= 0, got {args.seed}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ActionRayError(f"cannot create --out {out}: {exc.strerror}") from exc
-    return out
+    if request.cases < 1:
+        raise ActionRayError(f"--cases must be >= 1, got {request.cases}")
+    if request.workers < 1:
+        raise ActionRayError(f"--workers must be >= 1, got {request.workers}")
+    if request.seed < 0:
+        raise ActionRayError(f"--seed must be >= 0, got {request.seed}")
 
 
 def check_manifest(out: Path, kind: str, seed: int, size: int) -> bytes:
@@ -107,7 +122,7 @@ def _make_case_star(job: tuple) -> int:
     return make_case(*job)
 
 
-def _generate(args: argparse.Namespace, out: Path, pending: list[int], bar) -> None:
+def _generate(request: CollectionRequest, pending: list[int], bar) -> None:
     """Generate ``pending`` cases, in-process for one worker, else in a process pool.
 
     A multiprocessing pool (not concurrent.futures) because ``terminate()`` stops running
@@ -115,13 +130,13 @@ def _generate(args: argparse.Namespace, out: Path, pending: list[int], bar) -> N
     """
     import multiprocessing
 
-    jobs = [(args.kind, str(out), i, args.seed, args.size) for i in pending]
-    if args.workers == 1 or len(jobs) <= 1:
+    jobs = [(request.kind, str(request.out), i, request.seed, request.size) for i in pending]
+    if request.workers == 1 or len(jobs) <= 1:
         for job in jobs:
             make_case(*job)
             bar.update(1)
         return
-    pool = multiprocessing.get_context("spawn").Pool(min(args.workers, len(jobs)))
+    pool = multiprocessing.get_context("spawn").Pool(min(request.workers, len(jobs)))
     try:
         for _ in pool.imap_unordered(_make_case_star, jobs, chunksize=1):
             bar.update(1)
@@ -140,28 +155,36 @@ def _remove_stale_parts(out: Path) -> None:
         part.unlink(missing_ok=True)
 
 
-def run(args: argparse.Namespace) -> int:
+def write_collection(request: CollectionRequest, progress: bool = True) -> CollectionResult:
+    """Write the missing cases of ``request`` (with its manifest and recipe hint) and say how many.
+
+    Stale temporaries of a killed run are removed first; a folder made with another kind, seed
+    or size is refused, so two collections never mix.
+    """
     from tqdm import tqdm
 
-    out = _check_args(args)
-    _remove_stale_parts(out)
     from action_ray.files import write_atomic
 
-    manifest = check_manifest(out, args.kind, args.seed, args.size)
+    check_request(request)
+    out = request.out
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ActionRayError(f"cannot create --out {out}: {exc.strerror}") from exc
+    _remove_stale_parts(out)
+    manifest = check_manifest(out, request.kind, request.seed, request.size)
     for path, content in ((out / MANIFEST_FILE, manifest),
-                          (out / RECIPE_HINT_FILE, (RECIPE_FOR_KIND[args.kind] + "\n").encode())):
+                          (out / RECIPE_HINT_FILE, (RECIPE_FOR_KIND[request.kind] + "\n").encode())):
         if not path.exists() or path.read_bytes() != content:  # unchanged files keep their mtime
             write_atomic(path, content)
-    pending = [i for i in range(args.cases) if not _is_complete(args.kind, out, i)]
-    skipped = args.cases - len(pending)
-    unit = "patient" if args.kind == "cardiac" else "volume"
-    with tqdm(total=args.cases, initial=skipped, unit=unit, desc=f"synth {args.kind}") as bar:
+    pending = [i for i in range(request.cases) if not _is_complete(request.kind, out, i)]
+    skipped = request.cases - len(pending)
+    with tqdm(total=request.cases, initial=skipped, unit=request.unit, desc=f"synth {request.kind}",
+              disable=not progress) as bar:
         try:
-            _generate(args, out, pending, bar)
+            _generate(request, pending, bar)
         except OSError as exc:
             where = exc.filename or out
             raise ActionRayError(f"cannot write phantoms to {where}: {exc.strerror or exc}; "
                                  "check free space and permissions, then rerun (finished cases are kept)") from exc
-    layout = "ACDC" if args.kind == "cardiac" else "LiTS"
-    print(f"wrote {len(pending)} {unit}(s), skipped {skipped} already complete, {layout} layout in {out}")
-    return 0
+    return CollectionResult(written=len(pending), skipped=skipped)

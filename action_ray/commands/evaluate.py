@@ -1,4 +1,4 @@
-"""Per-case Dice, Jaccard, HD95 and ASD (mm and voxels) of a trained run on one split.
+"""``action-ray evaluate``: per-case Dice, Jaccard, HD95 and ASD (mm and voxels) of a trained run on one split.
 
 Writes ``metrics.csv`` (one row per case and class), ``summary.json``, ``summary.md`` and
 ``overlays.png`` to ``--out``. The checkpoint is ``last`` (the final FT student) unless
@@ -9,6 +9,8 @@ itself never selects, so the test split (the default) cannot leak into model cho
 from __future__ import annotations
 
 import argparse
+
+from action_ray.commands.options import add_storage_option, storage_options_from
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,17 +32,15 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
                         help="slices (2-D) or windows (3-D) per forward pass (default: eval.batch_size)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--storage-option", action="append", default=[], metavar="K=V",
-                        help="fsspec storage option for s3:// URLs, e.g. endpoint_url=... (repeatable)")
+    add_storage_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     from action_ray.evaluation import evaluate_run
-    from action_ray.urls import parse_storage_options
 
     summary = evaluate_run(
         args.run, args.store, split=args.split, out_dir=args.out, checkpoint=args.checkpoint,
-        empty=args.empty, storage_options=parse_storage_options(args.storage_option) or None,
+        empty=args.empty, storage_options=storage_options_from(args) or None,
         device=args.device, batch_size=args.batch_size, progress=not args.no_progress, echo=print,
     )
     from action_ray.evaluation.report import summary_markdown

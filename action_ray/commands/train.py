@@ -1,4 +1,4 @@
-"""Train ACTION (P1 -> P2 -> FT) or a baseline on Ray Train.
+"""``action-ray train``: train ACTION (P1 -> P2 -> FT) or a baseline on Ray Train.
 
 ``action-ray train --config cpu-demo data.store=./store.zarr train.num_workers=2`` prints the
 resolved config, saves it with the run in ``<train.storage_path>/<run name>/`` and trains

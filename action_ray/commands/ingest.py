@@ -1,4 +1,4 @@
-"""Convert a NIfTI collection (local folder or s3:// prefix) into a Zarr volume store.
+"""``action-ray ingest``: convert a NIfTI collection (local folder or s3:// prefix) into a Zarr volume store.
 
 Resumable: complete cases are skipped without being read, so re-running after an interruption
 finishes the job and re-running a finished job is a quick no-op. Bad cases are reported with the
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import asdict
 
+from action_ray.commands.options import add_storage_option, storage_options_from
 from action_ray.errors import ActionRayError
 from action_ray.ingest.layouts import LAYOUTS
 from action_ray.urls import redact, secret_option_values
@@ -36,9 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="dask scheduler for the workers (default threads: measured fastest, see bench "
                              "ingest); ray: the Ray cluster in RAY_ADDRESS, one case per CPU on every node "
                              "(a local Ray of --workers CPUs when RAY_ADDRESS is unset)")
-    parser.add_argument("--storage-option", dest="storage_options", action="append", default=[],
-                        metavar="KEY=VALUE", help="fsspec/s3fs option for SRC and DST, repeatable "
-                        "(e.g. endpoint_url=http://127.0.0.1:9000); AWS_* env vars also work")
+    add_storage_option(parser, "fsspec/s3fs option for SRC and DST, repeatable "
+                       "(e.g. endpoint_url=http://127.0.0.1:9000); AWS_* env vars also work")
     parser.add_argument("--overwrite", action="store_true", help="re-ingest cases that are already complete")
     parser.add_argument("--seed", type=int, default=0, help="seed of the 70/10/20 patient split (default 0)")
     parser.add_argument("--split-file", help="YAML {train: [patient ids], val: [...], test: [...]}; "
@@ -59,7 +58,6 @@ def mask_secrets(text: str, storage_options: dict) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from action_ray.ingest.runner import IngestOptions, format_report, run_ingest
-    from action_ray.urls import parse_storage_options
 
     if args.workers < 1:
         from action_ray.errors import ConfigError
@@ -67,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be at least 1 (got {args.workers})")
     options = IngestOptions(
         src=args.src, dst=args.dst, layout=args.layout, recipe=args.recipe,
-        storage_options=parse_storage_options(args.storage_options), workers=args.workers,
+        storage_options=storage_options_from(args), workers=args.workers,
         scheduler=args.scheduler, overwrite=args.overwrite, seed=args.seed, split_file=args.split_file,
         chunking=args.chunking, csv=args.csv, progress=args.progress,
     )

@@ -16,10 +16,9 @@ checkpoints), ``runs/<run>/eval-test-last/`` (metrics.csv, summary.md, overlays.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import time
-from typing import Sequence
+from pathlib import Path
 
 DEFAULT_CASES = 24
 DEMO_PRESET = "cpu-quality"
@@ -45,14 +44,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="phantom collection seed")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help=f"extra training config overrides on top of the {DEMO_PRESET} preset")
-
-
-def _run_verb(module_name: str, argv: Sequence[str]) -> int:
-    """Run another verb in-process with its own argument parser (errors propagate as is)."""
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"action-ray {module_name.rsplit('.', 2)[-2]}")
-    module.configure(parser)
-    return int(module.run(parser.parse_args(list(argv))) or 0)
 
 
 def _banner(text: str) -> None:
@@ -97,6 +88,8 @@ def demo_config(args: argparse.Namespace, store: str, runs: str):
 
 def run(args: argparse.Namespace) -> int:
     from action_ray.errors import ConfigError
+    from action_ray.ingest.runner import IngestOptions, format_report, run_ingest
+    from action_ray.synth.collection import CollectionRequest, write_collection
 
     if args.cases < 5:
         raise ConfigError(f"--cases {args.cases}: the demo needs at least 5 patients (train, val and test splits)")
@@ -109,11 +102,15 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
 
     _banner(f"1/4 synthesise {args.cases} cardiac phantom patients ({args.size}x{args.size}) -> {phantoms}")
-    _run_verb("action_ray.synth.command", ["cardiac", "--out", phantoms, "--cases", str(args.cases),
-                                           "--size", str(args.size), "--seed", str(args.seed)])
+    request = CollectionRequest("cardiac", Path(phantoms), cases=args.cases, size=args.size, seed=args.seed,
+                                workers=os.cpu_count() or 1)
+    made = write_collection(request)
+    print(f"wrote {made.written} {request.unit}(s), skipped {made.skipped} already complete, "
+          f"{request.layout} layout in {request.out}", flush=True)
     _banner(f"2/4 ingest into the Zarr store {store}")
-    _run_verb("action_ray.ingest.command", [phantoms, store, "--layout", "acdc", "--recipe", "phantom-cardiac",
-                                            "--no-progress"])
+    report = run_ingest(IngestOptions(src=phantoms, dst=store, layout="acdc", recipe="phantom-cardiac",
+                                      progress=False), say=lambda line: print(line, flush=True))
+    print(format_report(report), flush=True)
 
     config = demo_config(args, store, runs)
     _banner(f"3/4 train {config.method} ({DEMO_PRESET}, {config.data.labelled_patients} labelled patients): "

@@ -1,24 +1,12 @@
-"""Summarise a volume store: cases per split, labelled vs unlabelled, shapes, spacings, class fractions.
+"""What a volume store holds, as one JSON-ready summary and as a table for people.
 
-Example: ``action-ray info s3://bucket/acdc.zarr --json``. Only complete cases are counted;
-leftovers of interrupted writes are reported separately so they are not mistaken for data.
+Only complete cases are counted; leftovers of interrupted writes are listed separately so they
+are not mistaken for data. ``action-ray info`` prints these.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
 from typing import Any
-
-
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", metavar="STORE", help="store URL: a local path or s3://bucket/prefix.zarr")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    parser.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
-                        help="fsspec/s3fs option, e.g. endpoint_url=http://127.0.0.1:9000 (repeatable); "
-                             "prefer the AWS_* environment variables for credentials")
 
 
 def _min_median_max(values: list[float]) -> dict[str, float] | None:
@@ -98,16 +86,3 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"incomplete {len(ids)} (interrupted writes, invisible to training; re-run ingest): "
                      + ", ".join(ids[:10]) + (" ..." if len(ids) > 10 else ""))
     return "\n".join(lines)
-
-
-def run(args: argparse.Namespace) -> int:
-    from action_ray.store import open_store
-    from action_ray.urls import parse_storage_options
-
-    store = open_store(args.store, parse_storage_options(args.storage_option))
-    summary = summarise(store)
-    try:
-        print(json.dumps(summary) if args.json else format_table(summary), flush=True)
-    except BrokenPipeError:  # `action-ray info STORE --json | head`: the reader left early, not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush stays quiet
-    return 0

@@ -1,4 +1,4 @@
-"""Run one benchmark; each prints its table and the ratios it was built to show."""
+"""``action-ray bench NAME``: run one benchmark; each prints its table and the ratios it was built to show."""
 
 from __future__ import annotations
 

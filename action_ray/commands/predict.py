@@ -1,4 +1,4 @@
-"""Write NIfTI label maps (uint8, the input's affine) from a checkpoint.
+"""``action-ray predict``: write NIfTI label maps (uint8, the input's affine) from a checkpoint.
 
 Inputs are store cases (``--store`` with ``--split`` / ``--cases``) or NIfTI files. Each output
 ``<case>_seg.nii.gz`` lies on the input's voxel grid; ``--probabilities`` adds
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from action_ray.evaluate_command import add_inference_arguments
+from action_ray.commands.evaluate import add_inference_arguments
+from action_ray.commands.options import storage_options_from
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -30,12 +31,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from action_ray.evaluation import predict_cases
-    from action_ray.urls import parse_storage_options, redact
+    from action_ray.urls import redact
 
     written = predict_cases(
         args.checkpoint, args.out, store_url=args.store, split=args.split, cases=args.cases,
         niftis=args.niftis or None, probabilities=args.probabilities,
-        storage_options=parse_storage_options(args.storage_option) or None, device=args.device,
+        storage_options=storage_options_from(args) or None, device=args.device,
         batch_size=args.batch_size, progress=not args.no_progress, normalization=args.normalization,
     )
     print(f"wrote {len(written)} file(s) to {redact(args.out)}")

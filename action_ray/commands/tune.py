@@ -1,4 +1,4 @@
-"""Sweep training configs on Ray Tune: label ratio, temperatures, bank size, method, seeds.
+"""``action-ray tune``: sweep training configs on Ray Tune: label ratio, temperatures, bank size, method, seeds.
 
 ``action-ray tune --config tune-cpu data.store=STORE`` runs every trial of the sweep file
 (a ``tune-*`` preset or your own YAML; see docs/tune.md), each one a full training run, with
