@@ -18,13 +18,14 @@ from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from action_ray.errors import ConfigError
+from action_ray.store.schema import SPLITS
 
 #: Layout -> recipe used when ``action-ray ingest`` gets no ``--recipe``.
 DEFAULT_RECIPE_FOR_LAYOUT = {"acdc": "acdc", "lits": "lits", "msd": "msd"}
@@ -154,15 +155,24 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 def load_split_file(path: str | Path) -> dict[str, str]:
     """Read ``{train: [ids], val: [...], test: [...]}`` into patient id -> split."""
-    from action_ray.ingest.splits import invert_split_file
-
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"split file {path} not found")
     data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a split file maps train/val/test to lists of patient ids")
-    try:
-        return invert_split_file(data, str(path))
-    except Exception as exc:
-        raise ConfigError(str(exc)) from None
+    return invert_split_file(data, str(path))
+
+
+def invert_split_file(mapping: Mapping[str, Sequence[str]], source: str) -> dict[str, str]:
+    """``{"train": [ids], ...}`` -> ``{id: "train"}``, rejecting unknown splits and duplicates."""
+    assignment: dict[str, str] = {}
+    for split, ids in mapping.items():
+        if split not in SPLITS:
+            raise ConfigError(f"{source}: unknown split {split!r}; use {', '.join(SPLITS)}")
+        for pid in ids or []:
+            pid = str(pid)
+            if pid in assignment and assignment[pid] != split:
+                raise ConfigError(f"{source}: patient {pid!r} is in both {assignment[pid]!r} and {split!r}")
+            assignment[pid] = split
+    return assignment

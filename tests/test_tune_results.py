@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from action_ray.tuning.plots import PLOT_NAME, plot_series
-from action_ray.tuning.results import grouped, results_markdown, trial_rows, write_results
+from action_ray.tuning.outputs import write_results
+from action_ray.tuning.results import grouped, results_markdown, trial_rows
 
 SPACE = ["method", "draw"]
 

@@ -25,6 +25,8 @@ import statistics
 import time
 from typing import Any, Callable
 
+from action_ray.bench.batches import synthetic_batch
+
 STAGES = ("p2", "ft")
 
 
@@ -64,35 +66,19 @@ def timed(fn: Callable, name: str, clock: dict[str, float], sync: Callable[[], N
     return wrapper
 
 
-def synthetic_batch(config: Any, stage: str) -> dict:
-    """A fixed random batch of the stage's shape (labels in 0..3)."""
-    import torch
-
-    size, g = config.data.train_side, torch.Generator().manual_seed(0)
-    if stage == "p2":
-        n = config.data.pretrain_batch
-        return {"image": torch.rand((n, 1, size, size), generator=g),
-                "label": torch.randint(0, 4, (n, size, size), generator=g),
-                "labelled": torch.arange(n) < config.data.pretrain_labelled_batch}
-    nl, nu = config.data.ft_labelled_batch, config.data.ft_unlabelled_batch
-    return {"image_l": torch.rand((nl, 1, size, size), generator=g),
-            "label_l": torch.randint(0, 4, (nl, size, size), generator=g),
-            "image_u": torch.rand((nu, 1, size, size), generator=g)}
-
-
 def scale_worker(loop_config: dict) -> dict:
     """Per worker: ``steps`` timed steps of one stage; mean seconds per step of each part."""
     import torch
 
     import action_ray.train.steps.common as step_common
     from action_ray.config import config_from_dict
-    from action_ray.train.loop import _device
+    from action_ray.train.loop import worker_device
     from action_ray.train.state import build_state
     from action_ray.train.steps import ft_step, p2_step
 
     config = config_from_dict(loop_config["config"])
     stage = loop_config["stage"]
-    device = _device(config)
+    device = worker_device(config)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     state = build_state(config, 4, device, stage)
     clock: dict[str, float] = {}

@@ -55,7 +55,7 @@ def paper_traffic() -> list[StageTraffic]:
     from action_ray.config import load_config
     from action_ray.train.state import build_state, num_local_patches
     from action_ray.train.steps import ft_step, p2_step
-    from action_ray.bench.scale import synthetic_batch
+    from action_ray.bench.batches import synthetic_batch
 
     full = load_config("acdc-2d", ["data.store=unused", "train.num_workers=1", "ft.anco_negatives=bank"])
     side = full.data.train_side

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from action_ray.errors import ActionRayError
+from action_ray.store.schema import SPLITS
 
 LAYOUTS = ("acdc", "lits", "msd", "folder")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-SPLITS = ("train", "val", "test")
 _CASE_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 

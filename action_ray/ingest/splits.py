@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 
 from action_ray.errors import ActionRayError
-from action_ray.ingest.layouts import SPLITS, SourceCase
+from action_ray.ingest.layouts import SourceCase
 
 DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
 
@@ -37,20 +37,6 @@ def seed_split(patient_ids: Iterable[str], seed: int = 0,
     assignment = {}
     for index, pid in enumerate(shuffled):
         assignment[pid] = "train" if index < n_train else "val" if index < n_train + n_val else "test"
-    return assignment
-
-
-def invert_split_file(mapping: Mapping[str, Sequence[str]], source: str) -> dict[str, str]:
-    """``{"train": [ids], ...}`` -> ``{id: "train"}``, rejecting unknown splits and duplicates."""
-    assignment: dict[str, str] = {}
-    for split, ids in mapping.items():
-        if split not in SPLITS:
-            raise ActionRayError(f"{source}: unknown split {split!r}; use {', '.join(SPLITS)}")
-        for pid in ids or []:
-            pid = str(pid)
-            if pid in assignment and assignment[pid] != split:
-                raise ActionRayError(f"{source}: patient {pid!r} is in both {assignment[pid]!r} and {split!r}")
-            assignment[pid] = split
     return assignment
 
 

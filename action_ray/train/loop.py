@@ -439,7 +439,8 @@ def write_metrics(run_dir: str, history: list[dict[str, Any]]) -> None:
         handle.write(text)
 
 
-def _device(config: Config) -> torch.device:
+def worker_device(config: Config) -> torch.device:
+    """The device this Train worker computes on: its GPU under ``train.use_gpu``, else the CPU."""
     if config.train.use_gpu:
         import ray.train.torch
 
@@ -482,7 +483,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                                   settings.run_dir, rank)
     reporter = RayReporter(rank, settings.run_dir, tracker)
     try:
-        return run_stages(config, settings, batches, reporter, _device(config), resume=resume, init=init)
+        return run_stages(config, settings, batches, reporter, worker_device(config), resume=resume, init=init)
     finally:
         tracker.close()
 

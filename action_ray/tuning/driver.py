@@ -257,7 +257,8 @@ def run_sweep(sweep: SweepConfig, *, command: str | None = None, resume: bool = 
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from action_ray.tuning.results import trial_rows, write_results
+    from action_ray.tuning.outputs import write_results
+    from action_ray.tuning.results import trial_rows
 
     base = sweep.base_config()
     combos = preflight_trials(sweep, base)
