@@ -19,8 +19,8 @@ import math
 import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
+from action_ray.runs.files import write_file
 from action_ray.tuning.space import TIME_ATTR, trial_overrides
-from action_ray.urls import filesystem_for
 
 #: Swept keys that only redraw randomness: averaged over, never grouped by.
 SEED_KEYS = ("train.seed", "data.split_seed")
@@ -201,16 +201,10 @@ def write_results(sweep_dir: str, rows: Sequence[Mapping[str, Any]], *, metric: 
     """Write ``results.csv``, ``results.md`` and the plot into ``sweep_dir``; returns the paths."""
     from action_ray.tuning.plots import PLOT_NAME, plot_dice_vs_label_fraction
 
-    fs, root = filesystem_for(sweep_dir)
-    fs.makedirs(root, exist_ok=True)
     written = []
-    for name, text in ((RESULTS_CSV, results_csv(rows)),
-                       (RESULTS_MD, results_markdown(rows, metric, seconds, command))):
-        with fs.open(f"{root}/{name}", "w") as handle:
-            handle.write(text)
+    for name, data in ((RESULTS_CSV, results_csv(rows)),
+                       (RESULTS_MD, results_markdown(rows, metric, seconds, command)),
+                       (PLOT_NAME, plot_dice_vs_label_fraction(rows, metric))):
         written.append(f"{sweep_dir}/{name}")
-    png = plot_dice_vs_label_fraction(rows, metric)
-    with fs.open(f"{root}/{PLOT_NAME}", "wb") as handle:
-        handle.write(png)
-    written.append(f"{sweep_dir}/{PLOT_NAME}")
+        write_file(written[-1], data)
     return written
