@@ -15,6 +15,8 @@ protocol-less paths fsspec hands back. The layout (written by :mod:`action_ray.t
     <run>/checkpoint_*/{state.pt, meta.json}      Ray Train's periodic checkpoints
     <run>/checkpoint_manager_snapshot.json        Ray Train's record of its latest checkpoint
     <run>/result.json, curves.png                 once the run has finished
+    <run>/eval-<split>-<last|best|custom>/        ``action-ray evaluate``'s reports, by default
+    <run>/test/, validation/last/                 a sweep trial's test (and fallback val) reports
     <run>/tracking.json, tensorboard/             experiment tracking, when on
     <run>/workers/rank<N>.pid                     process ids of the workers (local runs)
 """
@@ -37,6 +39,8 @@ ANNOUNCEMENTS_LOG = "announcements.jsonl"
 #: One JSON line per validated checkpoint.
 VALIDATION_LOG = "validation.jsonl"
 VALIDATION_DIR = "validation"
+#: A sweep trial's evaluation of its last checkpoint on the test split (``tune.test_split``).
+TEST_REPORTS_DIR = "test"
 RESULT_FILE = "result.json"
 CURVES_FILE = "curves.png"
 TRACKING_FILE = "tracking.json"

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping
 from action_ray.config import Config
 from action_ray.errors import ActionRayError
 from action_ray.runs.files import read_json
-from action_ray.runs.layout import LABEL_SPLIT_FILE, VALIDATION_DIR, join, run_dir_of
+from action_ray.runs.layout import LABEL_SPLIT_FILE, TEST_REPORTS_DIR, VALIDATION_DIR, join, run_dir_of
 from action_ray.runs.logs import read_validation_log
 from action_ray.train.validation import EVAL_DEVICE, CheckpointValidator, evaluate_checkpoint, ft_checkpoint_step
 from action_ray.train.tracking import tracking_target_of
@@ -186,7 +186,7 @@ def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str,
     if test_split:
         started = time.perf_counter()
         final.update(evaluate_checkpoint(run_dir, str(config.data.store), config.data.storage_options or None,
-                                         split="test", checkpoint="last", out_dir=f"{run_dir}/test",
+                                         split="test", checkpoint="last", out_dir=join(run_dir, TEST_REPORTS_DIR),
                                          device=EVAL_DEVICE))
         final["test_seconds"] = time.perf_counter() - started
     ray.tune.report(final)
