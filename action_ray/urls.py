@@ -94,6 +94,18 @@ def filesystem_for(url: str, storage_options: Mapping[str, Any] | None = None):
     return fs, path
 
 
+def with_protocol(url: str, path: str) -> str:
+    """``path``, an fsspec path of the filesystem of ``url``, as a URL again.
+
+    fsspec (and pyarrow, under Ray Train) hand back paths without their scheme
+    (``bucket/runs/r1/checkpoint_3``); passed on as they are, another call would read them as
+    local paths. This puts the scheme of ``url`` back; local paths come back unchanged.
+    """
+    if "://" in str(url) and "://" not in str(path):
+        return f"{str(url).split('://', 1)[0]}://{path}"
+    return str(path)
+
+
 def _secret_env_values() -> list[str]:
     values = [value for name, value in os.environ.items()
               if SECRET_ENV_PATTERN.search(name) and len(value) >= MIN_SECRET_LENGTH]

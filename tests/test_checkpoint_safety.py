@@ -20,14 +20,8 @@ import torch
 
 from action_ray.cli import main
 from action_ray.errors import ConfigError
-from action_ray.train.checkpoint import (
-    META_FILE,
-    STATE_FILE,
-    capture_rng,
-    convert_checkpoint,
-    load_checkpoint,
-    restore_rng,
-)
+from action_ray.runs.checkpoint import capture_rng, convert_checkpoint, load_checkpoint, restore_rng
+from action_ray.runs.layout import META_FILE, STATE_FILE
 from test_evaluate import make_store, phantom, save_run, tiny_config  # tests/ is on sys.path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -96,7 +90,7 @@ def test_random_bytes_and_missing_files_are_messages(run_with_store):
 
 def test_a_payload_on_s3_is_refused(run_with_store, tmp_path, s3_server):
     from action_ray.evaluation import predict_cases
-    from action_ray.train.checkpoint import upload_directory
+    from action_ray.runs.checkpoint import upload_directory
 
     store, _, checkpoint = run_with_store
     marker = tmp_path / "payload-ran-s3"
@@ -186,8 +180,8 @@ def test_dry_run_prints_the_plan_and_writes_nothing(run_with_store, tmp_path, ca
 def test_resume_checks_the_checkpoint_ray_resumes_from_not_a_half_copied_newer_one(tmp_path):
     """A driver killed while Ray copied a checkpoint leaves a newer folder with ``meta.json``
     and no weights; Ray resumes from the one its snapshot names, and so does the preflight."""
-    from action_ray.train.checkpoint import META_FILE
-    from action_ray.train.trainer import RAY_CHECKPOINT_SNAPSHOT, latest_ray_checkpoint
+    from action_ray.runs.layout import RAY_CHECKPOINT_SNAPSHOT
+    from action_ray.runs.resolve import latest_ray_checkpoint
 
     run = tmp_path / "run"
     assert latest_ray_checkpoint(str(run)) is None

@@ -10,8 +10,9 @@ import yaml
 
 from action_ray.config import Config
 from action_ray.errors import ConfigError
-from action_ray.train.checkpoint import load_checkpoint
-from action_ray.train.trainer import read_metrics, run_training
+from action_ray.runs.checkpoint import load_checkpoint
+from action_ray.runs.logs import read_metrics
+from action_ray.train.trainer import run_training
 from tests.test_train_ray import config_for, ray_cluster, store_url  # noqa: F401 (the module's fixtures)
 
 pytestmark = pytest.mark.slow

@@ -28,8 +28,9 @@ from action_ray.evaluation.inference import (
     predict_slices,
 )
 from action_ray.evaluation.report import CSV_COLUMNS, build_summary, case_rows, write_reports
-from action_ray.evaluation.runs import inference_settings, load_student, resolve_checkpoint
+from action_ray.evaluation.inference import inference_settings
 from action_ray.metrics import case_metrics
+from action_ray.runs.resolve import load_student, resolve_checkpoint
 from action_ray.store import CaseMeta, create_store
 
 CLASSES = {0: "background", 1: "RV", 2: "MYO", 3: "LV"}
@@ -65,7 +66,7 @@ def tiny_config(store_url: str, **overrides: str):
 
 def save_run(run_dir: Path, config, subdir: str = "stages/ft", num_classes: int = 4, step: int = 7) -> Path:
     """A run directory with an untrained FT checkpoint written by the checkpoint module."""
-    from action_ray.train.checkpoint import Checkpoint, DataPosition, capture_rng, save_checkpoint
+    from action_ray.runs.checkpoint import Checkpoint, DataPosition, capture_rng, save_checkpoint
     from action_ray.train.state import build_state
 
     state = build_state(config, num_classes, "cpu", "ft", rank=0)

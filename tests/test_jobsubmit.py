@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from action_ray.train.trainer import read_metrics, read_result
+from action_ray.runs.logs import read_metrics, read_result
 from tests.ray_cluster import LocalRayCluster
 from tests.test_train_ray import make_tiny_store
 

@@ -137,7 +137,7 @@ def test_predict_argument_errors(scan_store, tmp_path):
 
 
 def test_predict_reads_a_checkpoint_from_s3_and_writes_there(scan_store, s3_server):
-    from action_ray.train.checkpoint import upload_directory
+    from action_ray.runs.checkpoint import upload_directory
     from action_ray.urls import filesystem_for
 
     image_path, store, run_dir = scan_store

@@ -10,8 +10,8 @@ import pytest
 
 from action_ray.config import load_config
 from action_ray.errors import ConfigError
+from action_ray.runs.layout import TRACKING_FILE
 from action_ray.train.tracking import (
-    TRACKING_FILE,
     log_validation,
     open_worker_tracker,
     read_tracking,

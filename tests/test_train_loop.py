@@ -17,8 +17,7 @@ import torch
 
 from action_ray.config import load_config
 from action_ray.errors import ConfigError
-from action_ray.train.checkpoint import (
-    META_FILE,
+from action_ray.runs.checkpoint import (
     Checkpoint,
     DataPosition,
     capture_rng,
@@ -26,6 +25,7 @@ from action_ray.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from action_ray.runs.layout import META_FILE
 from action_ray.train.loop import LoopSettings, Reporter, compose_batch, run_stages, stage_batch_sizes
 
 SIZE = 32

@@ -17,8 +17,9 @@ import torch
 
 from action_ray.config import load_config
 from action_ray.store import CaseMeta, create_store
-from action_ray.train.checkpoint import load_checkpoint
-from action_ray.train.trainer import read_metrics, read_result, run_training
+from action_ray.runs.checkpoint import load_checkpoint
+from action_ray.runs.logs import read_metrics, read_result
+from action_ray.train.trainer import run_training
 
 pytestmark = pytest.mark.slow
 

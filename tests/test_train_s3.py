@@ -8,7 +8,8 @@ import os
 
 import pytest
 
-from action_ray.train.trainer import read_metrics, run_training
+from action_ray.runs.logs import read_metrics
+from action_ray.train.trainer import run_training
 from tests.test_train_ray import config_for, make_tiny_store
 
 pytestmark = pytest.mark.slow

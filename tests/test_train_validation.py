@@ -16,18 +16,10 @@ import pytest
 from test_train_ray import ray_cluster  # noqa: F401  (its module fixture: one local Ray for the slow test)
 
 from action_ray.config import load_config
-from action_ray.train.validation import (
-    BEST_DIR,
-    BEST_NEW,
-    BEST_OLD,
-    BEST_RECORD,
-    BestKeeper,
-    CheckpointValidator,
-    ValidationCallback,
-    ValidationSchedule,
-    read_best,
-    read_validation_log,
-)
+from action_ray.runs.best import BestKeeper, read_best
+from action_ray.runs.layout import BEST_DIR, BEST_NEW, BEST_OLD, BEST_RECORD
+from action_ray.runs.logs import read_validation_log
+from action_ray.train.validation import CheckpointValidator, ValidationCallback, ValidationSchedule
 from action_ray.urls import filesystem_for
 
 
@@ -181,7 +173,7 @@ def scored_run(tmp_path_factory):
 
 def test_callback_validates_due_ft_checkpoints_and_evaluate_best_names_the_selection(scored_run, capsys):
     from action_ray.evaluation import evaluate_run
-    from action_ray.evaluation.runs import checkpoint_selection, resolve_checkpoint
+    from action_ray.runs.resolve import checkpoint_selection, resolve_checkpoint
 
     store_url, run, (ckpt4, ckpt8) = scored_run
     callback = ValidationCallback(CheckpointValidator(str(run), store_url),
@@ -255,8 +247,9 @@ def test_run_training_keeps_the_best_validated_checkpoint_across_a_resume(ray_cl
     parameters, every report's loss at its step and the validation Dice at its FT step."""
     from mlflow import MlflowClient
     from action_ray.cli import main as cli_main
-    from action_ray.train.checkpoint import load_checkpoint
-    from action_ray.train.trainer import read_metrics, read_result, run_training
+    from action_ray.runs.checkpoint import load_checkpoint
+    from action_ray.runs.logs import read_metrics, read_result
+    from action_ray.train.trainer import run_training
 
     store_url, storage, config = supervised_run(tmp_path, "val", "schedule.ft.iterations=6",
                                                 "train.num_to_keep=1", "eval.val_every=4", "train.tracking=mlflow")
@@ -301,7 +294,7 @@ def test_run_training_keeps_the_best_validated_checkpoint_across_a_resume(ray_cl
 
 
 def test_a_failing_validation_is_logged_recorded_and_skipped(tmp_path):
-    from action_ray.train.validation import CheckpointValidator, read_validation_log
+    from action_ray.train.validation import CheckpointValidator
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -314,7 +307,7 @@ def test_a_failing_validation_is_logged_recorded_and_skipped(tmp_path):
 
 
 def test_a_retried_step_replaces_its_validation_row(tmp_path):
-    from action_ray.train.validation import append_validation_row, read_validation_log
+    from action_ray.runs.logs import append_validation_row
 
     for step, dice in ((100, 0.1), (200, 0.2), (200, 0.25), (100, 0.15)):  # a retry repeats 100, 200
         append_validation_row(str(tmp_path), {"ft_step": step, "val_dice": dice})

@@ -199,7 +199,7 @@ def timing_lines(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 # --------------------------------------------------------------------------- val curves
 def validation_curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, dict[int, list[float]]]]:
     """{label amount: {method: {FT step: [val Dice of each draw]}}} from the trials' logs."""
-    from action_ray.train.validation import read_validation_log
+    from action_ray.runs.logs import read_validation_log
 
     curves: dict[str, dict[str, dict[int, list[float]]]] = {}
     for row in rows:

@@ -23,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from action_ray.train.checkpoint import convert_checkpoint
+    from action_ray.runs.checkpoint import convert_checkpoint
 
     if not args.trust_pickle:
         raise ConfigError(

@@ -50,13 +50,14 @@ def require_existing_run(config) -> None:
     at another name; the message says how to name the run explicitly.
     """
     from action_ray.errors import ConfigError
+    from action_ray.runs.files import read_text
+    from action_ray.runs.layout import CONFIG_FILE, join, run_dir_of
     from action_ray.train.trainer import run_name
-    from action_ray.urls import filesystem_for, redact
+    from action_ray.urls import redact
 
     name = run_name(config)
-    run_dir = f"{config.train.resolved_storage_path.rstrip('/')}/{name}"
-    fs, root = filesystem_for(run_dir)
-    if fs.exists(f"{root}/config.yaml"):
+    run_dir = run_dir_of(config.train.resolved_storage_path, name)
+    if read_text(join(run_dir, CONFIG_FILE)) is not None:
         return
     derived = "" if config.train.run_name else (
         f" (the name {name} is derived from this config; to resume a run started with other settings "

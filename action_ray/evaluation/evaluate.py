@@ -20,10 +20,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from action_ray.errors import ConfigError, StoreError
-from action_ray.evaluation.inference import InferenceSettings, Network, predict_case
+from action_ray.evaluation.inference import InferenceSettings, Network, inference_settings, predict_case
 from action_ray.evaluation.montage import MontageCase, montage_case, write_montage
 from action_ray.evaluation.report import build_summary, case_rows, write_reports
 from action_ray.metrics import EMPTY_CONVENTIONS
+from action_ray.runs.layout import CURVES_FILE, evaluation_reports, join
 from action_ray.store.schema import SPLITS
 from action_ray.urls import filesystem_for, redact
 
@@ -100,7 +101,7 @@ def score_cases(
 
 
 def describe_selection(selection: Mapping[str, Any]) -> str:
-    """``selection`` of :func:`runs.checkpoint_selection` in a few words (log line, summary.md)."""
+    """``selection`` of :func:`action_ray.runs.resolve.checkpoint_selection` in a few words (log line, summary.md)."""
     if selection.get("choice") != "best":
         return f"{selection.get('choice')}: {selection.get('rule')}"
     facts = []
@@ -112,8 +113,7 @@ def describe_selection(selection: Mapping[str, Any]) -> str:
 
 
 def default_out_dir(run_dir: str, split: str, checkpoint: str) -> str:
-    label = checkpoint if checkpoint in ("last", "best") else "custom"
-    return f"{str(run_dir).rstrip('/')}/eval-{split}-{label}"
+    return evaluation_reports(str(run_dir), split, checkpoint if checkpoint in ("last", "best") else "custom")
 
 
 def evaluate_run(
@@ -134,14 +134,14 @@ def evaluate_run(
     """Evaluate a run's student on ``split`` of the store; write the reports; return the summary.
 
     run_dir: run directory or checkpoint directory (local or ``s3://``).
-    checkpoint: ``last`` | ``best`` | a checkpoint path (see ``runs.resolve_checkpoint``).
+    checkpoint: ``last`` | ``best`` | a checkpoint path (see :func:`action_ray.runs.resolve.resolve_checkpoint`).
     empty: empty-mask convention of :mod:`action_ray.metrics` (``strict`` or ``action``).
     storage_options: fsspec options for ``s3://`` run, store and output URLs.
     Writes ``metrics.csv``, ``summary.json``, ``summary.md`` and ``overlays.png`` to ``out_dir``
     (default ``<run_dir>/eval-<split>-<checkpoint>``). The returned summary is ``summary.json``'s
     content (NaN as None), with ``out_dir`` added.
     """
-    from action_ray.evaluation.runs import checkpoint_selection, inference_settings, load_student, resolve_checkpoint
+    from action_ray.runs.resolve import checkpoint_selection, load_student, resolve_checkpoint
     from action_ray.store import open_store
 
     if split not in SPLITS:
@@ -174,10 +174,10 @@ def evaluate_run(
         raise ConfigError(f"split {split!r} of {redact(store_url)} has no labelled case to score "
                           f"({len(scored.skipped_unlabelled)} unlabelled)")
     out = str(out_dir) if out_dir is not None else default_out_dir(str(run_dir), split, checkpoint)
-    fs, root = filesystem_for(str(run_dir))
-    curves = f"{str(run_dir).rstrip('/')}/curves.png"  # the run's training curves, linked from the report
+    curves = join(str(run_dir), CURVES_FILE)  # the run's training curves, linked from the report
+    fs, curves_path = filesystem_for(curves)
     info = {
-        **({"training_curves": redact(curves)} if fs.exists(f"{root.rstrip('/')}/curves.png") else {}),
+        **({"training_curves": redact(curves)} if fs.exists(curves_path) else {}),
         **student.describe(),
         "checkpoint_choice": describe_selection(selection) if checkpoint == "best" else checkpoint,
         "selection": selection,

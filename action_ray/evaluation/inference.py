@@ -24,23 +24,27 @@ feed stubs with known outputs. Nothing here imports Ray.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from action_ray.data.normalize import NormalizationSpec, normalize_array
+from action_ray.data.normalize import NormalizationSpec, normalize_array, resolve_spec
 from action_ray.data.patches import patch_origins
 from action_ray.data.resize import resize_slices
+from action_ray.data.streams import StreamSettings
 from action_ray.errors import ConfigError
+
+if TYPE_CHECKING:
+    from action_ray.config import Config
 
 Network = Callable[[torch.Tensor], Any]
 
 
 @dataclass(frozen=True)
 class InferenceSettings:
-    """How a case goes through the network; built from the run config by ``runs.py``.
+    """How a case goes through the network; built from the run config by :func:`inference_settings`.
 
     dims: 2 (slice-wise) or 3 (sliding window).
     slice_size: 2-D training slice side (slices are resized to ``slice_size``²).
@@ -80,6 +84,34 @@ class CasePrediction:
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
+
+
+def inference_settings(
+    config: Config,
+    dataset_meta: Mapping[str, Any] | None,
+    *,
+    batch_size: int | None = None,
+    normalization: Any = None,
+) -> InferenceSettings:
+    """:class:`InferenceSettings` that reproduce the run's data path on a store's cases.
+
+    The normalisation is the training one: ``data.normalisation`` / ``data.intensity_window``
+    when the run set them, else the store's recipe or modality default (``dataset_meta``),
+    exactly as :class:`action_ray.data.streams.StreamSettings` resolves it for training.
+    ``normalization`` overrides both (a spec, dict or method name).
+    """
+    stream = StreamSettings.from_config(config.data)
+    spec = resolve_spec(dataset_meta, normalization if normalization is not None else stream.normalization)
+    dims = config.model.dims or config.data.dims
+    return InferenceSettings(
+        dims=dims,
+        normalization=spec,
+        slice_size=config.data.slice_size,
+        image_interpolation=stream.image_interpolation,
+        window=tuple(config.eval_window) if dims == 3 and config.eval_window else None,
+        stride=tuple(config.eval.stride) if dims == 3 else None,
+        batch_size=int(batch_size or config.eval.batch_size),
+    )
 
 
 def _logits(network: Network, batch: torch.Tensor) -> torch.Tensor:

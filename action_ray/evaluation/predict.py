@@ -23,8 +23,8 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from action_ray.errors import ConfigError
-from action_ray.evaluation.inference import InferenceSettings, Network, predict_case
-from action_ray.urls import filesystem_for, redact
+from action_ray.evaluation.inference import InferenceSettings, Network, inference_settings, predict_case
+from action_ray.urls import filesystem_for, redact, with_protocol
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def write_prediction(out_dir: str, volume: InputVolume, labels: np.ndarray, prob
         path = f"{root.rstrip('/')}/{volume.name}{suffix}"
         with fs.open(path, "wb") as handle:
             handle.write(nifti_bytes(nifti_image(to_nifti_orientation(array), volume.affine, volume.header)))
-        written.append(path if "://" not in str(out_dir) else f"{str(out_dir).split('://', 1)[0]}://{path}")
+        written.append(with_protocol(str(out_dir), path))
     return written
 
 
@@ -141,7 +141,6 @@ def _settings_for_niftis(config, storage_options, batch_size, normalization) -> 
     """Inference settings for files outside any store: the run's normalisation, resolved
     against the *training* store's recipe when the run defers to it."""
     from action_ray.data.streams import StreamSettings
-    from action_ray.evaluation.runs import inference_settings
 
     explicit = normalization if normalization is not None else StreamSettings.from_config(config.data).normalization
     if explicit is not None:
@@ -201,7 +200,7 @@ def predict_cases(
     Returns the written paths: ``<out_dir>/<case>_seg.nii.gz`` and, with ``probabilities``,
     ``<case>_prob.nii.gz``.
     """
-    from action_ray.evaluation.runs import inference_settings, load_student, resolve_checkpoint
+    from action_ray.runs.resolve import load_student, resolve_checkpoint
 
     if (store_url is None) == (not niftis):
         raise ConfigError("predict needs either --store STORE (optionally --split/--cases) or NIfTI files, not both")

@@ -18,7 +18,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from action_ray.metrics import case_metrics, summarise
-from action_ray.urls import filesystem_for
+from action_ray.runs.files import write_file
+from action_ray.runs.layout import join
 
 #: Columns of ``metrics.csv``, in order.
 CSV_COLUMNS = (
@@ -149,21 +150,11 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_text(out_dir: str, name: str, text: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    """Write ``text`` to ``out_dir/name`` (local or remote); returns the path written."""
-    fs, root = filesystem_for(out_dir, storage_options)
-    fs.makedirs(root, exist_ok=True)
-    path = f"{root.rstrip('/')}/{name}"
-    with fs.open(path, "w") as handle:
-        handle.write(text)
-    return path
-
-
 def write_reports(
     out_dir: str, rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any],
     storage_options: Mapping[str, Any] | None = None,
 ) -> None:
-    """``metrics.csv``, ``summary.json`` and ``summary.md`` in ``out_dir``."""
-    write_text(out_dir, METRICS_CSV, metrics_csv(rows), storage_options)
-    write_text(out_dir, SUMMARY_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n", storage_options)
-    write_text(out_dir, SUMMARY_MD, summary_markdown(summary), storage_options)
+    """``metrics.csv``, ``summary.json`` and ``summary.md`` in ``out_dir`` (local or remote)."""
+    write_file(join(out_dir, METRICS_CSV), metrics_csv(rows), storage_options)
+    write_file(join(out_dir, SUMMARY_JSON), json.dumps(summary, indent=2, allow_nan=False) + "\n", storage_options)
+    write_file(join(out_dir, SUMMARY_MD), summary_markdown(summary), storage_options)

@@ -20,6 +20,7 @@ import os
 import uuid
 from typing import Any, Callable
 
+from action_ray.files import write_atomic
 from action_ray.store.schema import CASES_GROUP, check_case_id
 
 MARKERS_DIR = "complete"
@@ -54,10 +55,7 @@ class Catalog:
         path = self._path(marker_key(case_id))
         if self._local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as handle:
-                handle.write(payload)
-            os.replace(tmp, path)
+            write_atomic(path, payload)
         else:
             self._fs.pipe_file(path, payload)
         self._fs.invalidate_cache(self._path(MARKERS_DIR))

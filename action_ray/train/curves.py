@@ -11,7 +11,9 @@ from __future__ import annotations
 import io
 from typing import Any, Mapping, Sequence
 
-CURVES_FILE = "curves.png"
+from action_ray.runs.files import write_file
+from action_ray.runs.layout import CURVES_FILE, join
+
 _NOT_LOSSES = {"stage", "step", "epoch", "lr", "it_per_s", "time", "replicas_identical"}
 
 
@@ -97,10 +99,6 @@ def plot_curves(metrics: Sequence[Mapping[str, Any]], validation: Sequence[Mappi
 def write_curves(run_dir: str, metrics: Sequence[Mapping[str, Any]],
                  validation: Sequence[Mapping[str, Any]], title: str = "") -> str:
     """Draw and write ``<run_dir>/curves.png`` (local or URL); returns its location."""
-    from action_ray.urls import filesystem_for
-
-    fs, root = filesystem_for(run_dir)
-    data = plot_curves(metrics, validation, title)
-    with fs.open(f"{root}/{CURVES_FILE}", "wb") as handle:
-        handle.write(data)
-    return f"{run_dir.rstrip('/')}/{CURVES_FILE}"
+    where = join(run_dir, CURVES_FILE)
+    write_file(where, plot_curves(metrics, validation, title))
+    return where

@@ -13,13 +13,12 @@ folder, where ``ray logs`` finds them; a failed run still raises with the worker
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any, Callable
 
 from action_ray.config import STAGE_ORDER
-from action_ray.train.progress import ANNOUNCEMENTS_FILE, ProgressMode, StageProgress
-from action_ray.urls import filesystem_for
+from action_ray.runs.logs import read_announcements, read_metrics, read_validation_log
+from action_ray.train.progress import ProgressMode, StageProgress
 
 #: report fields that are not losses (the rest without a "/" are the step's losses)
 NON_LOSS_KEYS = frozenset({"stage", "step", "epoch", "lr", "it_per_s", "time", "replicas_identical", "nodes",
@@ -32,24 +31,9 @@ def report_losses(row: dict[str, Any]) -> dict[str, float]:
             if k not in NON_LOSS_KEYS and "/" not in k and isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _read_rows(fs: Any, path: str) -> list[dict[str, Any]]:
-    """Every complete JSON line of ``path`` (a file being rewritten may end mid-line)."""
-    fs.invalidate_cache(path)  # another process writes it: never trust a cached listing (s3fs)
-    if not fs.exists(path):
-        return []
-    with fs.open(path, "r") as handle:
-        text = handle.read()
-    rows = []
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
-
-
 class ReportFollower:
-    """Polls ``<run>/metrics.jsonl`` and ``validation.jsonl`` and shows what is new.
+    """Polls ``<run>/metrics.jsonl``, ``validation.jsonl`` and ``announcements.jsonl`` and shows
+    what is new (:mod:`action_ray.runs.logs` reads them; a row cut short is not shown yet).
 
     ``stage_totals`` maps each stage to its iterations (the bar's length). Rows already in the
     files when it starts (a resumed run's history) are not shown again.
@@ -57,18 +41,15 @@ class ReportFollower:
 
     def __init__(self, run_dir: str, stage_totals: dict[str, int], mode: ProgressMode, checkpoint_every: int,
                  log: Callable[[str], None] = print, interval_s: float = 1.0) -> None:
-        self.fs, root = filesystem_for(run_dir)
-        self.metrics_path = f"{root}/metrics.jsonl"
-        self.validation_path = f"{root}/validation.jsonl"
-        self.announcements_path = f"{root}/{ANNOUNCEMENTS_FILE}"
+        self.run_dir = run_dir
         self.stage_totals, self.mode, self.log, self.interval_s = stage_totals, mode, log, interval_s
         self.checkpoint_every = checkpoint_every
-        history = _read_rows(self.fs, self.metrics_path)
+        history = read_metrics(run_dir)
         self._seen_reports = len(history)
         self._seen_times = [row.get("time") for row in history]  # a restart rewrites rows: times differ
         self._resumed_at = (str(history[-1]["stage"]), int(history[-1]["step"])) if history else None
-        self._seen_validations = len(_read_rows(self.fs, self.validation_path))
-        self._seen_announcements = len(_read_rows(self.fs, self.announcements_path))
+        self._seen_validations = len(read_validation_log(run_dir))
+        self._seen_announcements = len(read_announcements(run_dir))
         self._progress: StageProgress | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="action-ray-progress", daemon=True)
@@ -96,13 +77,13 @@ class ReportFollower:
 
     def poll(self) -> None:
         """Show every report and validation row not shown yet, a validation after its FT report."""
-        announced = _read_rows(self.fs, self.announcements_path)
+        announced = read_announcements(self.run_dir)
         for row in announced[self._seen_announcements:]:  # stage starts (and restarts) come first
             self.log(str(row.get("text", "")))
         self._seen_announcements = max(self._seen_announcements, len(announced))
-        rows = _read_rows(self.fs, self.metrics_path)
+        rows = read_metrics(self.run_dir)
         self._notice_restart(rows)
-        checks = _read_rows(self.fs, self.validation_path)
+        checks = read_validation_log(self.run_dir)
         order = {stage: i for i, stage in enumerate(STAGE_ORDER)}
         events = [((order.get(str(r.get("stage")), 0), int(r.get("step", 0)), 0), self._show_report, r)
                   for r in rows[self._seen_reports:]]

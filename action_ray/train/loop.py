@@ -25,7 +25,6 @@ skipped batches are the same ones and a resumed run repeats the uninterrupted lo
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -38,17 +37,20 @@ import torch
 from action_ray.config import Config, config_from_dict
 from action_ray.errors import ConfigError
 from action_ray.ray_session import current_node
-from action_ray.train.checkpoint import (
+from action_ray.runs.checkpoint import (
     Checkpoint,
     DataPosition,
     capture_rng,
-    download_directory,
     load_checkpoint,
+    load_checkpoint_from,
     restore_rng,
     save_checkpoint,
     upload_directory,
 )
-from action_ray.train.progress import ANNOUNCEMENTS_FILE, StageProgress
+from action_ray.runs.files import write_file
+from action_ray.runs.layout import stage_checkpoint, worker_pid_file
+from action_ray.runs.logs import announce, write_metrics
+from action_ray.train.progress import StageProgress
 from action_ray.train.tracking import WorkerTracker, open_worker_tracker
 
 Batch = dict[str, torch.Tensor]
@@ -412,31 +414,13 @@ class RayReporter(Reporter):
         with tempfile.TemporaryDirectory(prefix="action-ray-ckpt-") as tmp:
             save_checkpoint(tmp, checkpoint)
             if checkpoint.stage_done:
-                upload_directory(tmp, f"{self.run_dir}/stages/{checkpoint.stage}")
+                upload_directory(tmp, stage_checkpoint(self.run_dir, checkpoint.stage))
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
     def announce(self, line: str) -> None:
         """Add ``line`` to ``<run>/announcements.jsonl``, which the driver shows as it arrives
-        (:mod:`action_ray.train.follow`); kept across restarts, rewritten whole (S3 cannot append)."""
-        from action_ray.urls import filesystem_for
-
-        fs, root = filesystem_for(self.run_dir)
-        path = f"{root}/{ANNOUNCEMENTS_FILE}"
-        earlier = fs.cat_file(path).decode() if fs.exists(path) else ""
-        with fs.open(path, "w") as handle:
-            handle.write(earlier + json.dumps({"time": time.time(), "text": line}) + "\n")
-
-
-def write_metrics(run_dir: str, history: list[dict[str, Any]]) -> None:
-    """Rewrite ``<run_dir>/metrics.jsonl`` from the full history (works on s3:// too, where
-    appending is impossible; a few thousand lines at most)."""
-    from action_ray.urls import filesystem_for
-
-    fs, root = filesystem_for(run_dir)
-    fs.makedirs(root, exist_ok=True)
-    text = "".join(json.dumps(row, sort_keys=True) + "\n" for row in history)
-    with fs.open(f"{root}/metrics.jsonl", "w") as handle:
-        handle.write(text)
+        (:mod:`action_ray.train.follow`); kept across restarts."""
+        announce(self.run_dir, line)
 
 
 def worker_device(config: Config) -> torch.device:
@@ -462,10 +446,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     if not config.train.use_gpu:
         torch.set_num_threads(max(1, int(config.train.cpus_per_worker)))
     if settings.write_pid and "://" not in settings.run_dir:
-        pid_dir = os.path.join(settings.run_dir, "workers")
-        os.makedirs(pid_dir, exist_ok=True)
-        with open(os.path.join(pid_dir, f"rank{rank}.pid"), "w") as handle:
-            handle.write(str(os.getpid()))
+        write_file(worker_pid_file(settings.run_dir, rank), str(os.getpid()))
     resume = init = None
     ray_checkpoint = ray.train.get_checkpoint()
     if ray_checkpoint is not None:
@@ -490,8 +471,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
 def load_init_checkpoint(url: str) -> Checkpoint:
     """A previous stage's final checkpoint (``train.init_from``), local or remote."""
-    with tempfile.TemporaryDirectory(prefix="action-ray-init-") as tmp:
-        return load_checkpoint(download_directory(url, tmp))
+    return load_checkpoint_from(url)
 
 
 def settings_dict(settings: LoopSettings) -> dict[str, Any]:

@@ -14,9 +14,6 @@ import sys
 from typing import Any, Callable, Literal
 
 ProgressMode = Literal["bar", "lines"]
-#: in the run folder: the lines rank 0 announces to the driver (each stage start, also after a
-#: restart), one JSON object per line
-ANNOUNCEMENTS_FILE = "announcements.jsonl"
 
 
 def progress_mode_for_this_terminal() -> ProgressMode:

@@ -27,11 +27,11 @@ import os
 from typing import Any, Mapping
 
 from action_ray.errors import ConfigError
-from action_ray.urls import filesystem_for, is_remote, redact
+from action_ray.runs.files import read_json, write_file
+from action_ray.runs.layout import TENSORBOARD_DIR, TRACKING_FILE, join
+from action_ray.urls import is_remote, redact
 
-TRACKING_FILE = "tracking.json"
 EXPERIMENT = "action-ray"
-TENSORBOARD_DIR = "tensorboard"
 
 
 def tracking_target(tracking: str, tracking_uri: str | None, storage_path: str, run_dir: str) -> str:
@@ -145,21 +145,13 @@ def open_worker_tracker(backend: str, target: str | None, config: Any, run_dir: 
         os.makedirs(target, exist_ok=True)
         writer = SummaryWriter(logdir=target, filename_suffix=".train")
         record = {"backend": backend, "logdir": target}
-    fs, root = filesystem_for(run_dir)
-    fs.makedirs(root, exist_ok=True)
-    with fs.open(f"{root}/{TRACKING_FILE}", "w") as handle:
-        handle.write(json.dumps(record))
+    write_file(join(run_dir, TRACKING_FILE), json.dumps(record))
     return WorkerTracker(backend, writer)
 
 
 def read_tracking(run_dir: str) -> dict[str, Any] | None:
     """``<run>/tracking.json`` (None when the run does not track)."""
-    fs, root = filesystem_for(run_dir)
-    path = f"{root}/{TRACKING_FILE}"
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r") as handle:
-        return json.loads(handle.read())
+    return read_json(join(run_dir, TRACKING_FILE))
 
 
 def log_validation(run_dir: str, tracking_uri: str | None, row: Mapping[str, Any]) -> None:

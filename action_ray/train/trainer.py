@@ -8,18 +8,19 @@ mechanisms cover both failure modes:
 * the driver dies or the user stops it → running again with the same run name (``--resume``)
   makes Ray find ``<storage_path>/<run_name>/`` and hand the workers the latest checkpoint.
 
-The run directory ``<storage_path>/<run_name>/`` (local or ``s3://``) holds ``config.yaml``,
-``label_split.json``, ``metrics.jsonl``, Ray's ``checkpoint_*`` folders, the final checkpoint
-of each stage in ``stages/<stage>/`` and ``result.json`` once every stage is done; with
-``eval.val_every > 0`` also ``validation.jsonl`` and the best-on-validation checkpoint
-``best/`` (``train.validation``), named in ``result.json`` as ``best_checkpoint``. On S3, Ray
+The run directory ``<storage_path>/<run_name>/`` (local or ``s3://``, laid out as
+:mod:`action_ray.runs.layout` says) holds ``config.yaml``, ``label_split.json``,
+``metrics.jsonl``, Ray's ``checkpoint_*`` folders, the final checkpoint of each stage in
+``stages/<stage>/`` and ``result.json`` once every stage is done; with ``eval.val_every > 0``
+also ``validation.jsonl`` and the best-on-validation checkpoint ``best/``
+(:mod:`action_ray.train.validation`, :mod:`action_ray.runs.best`), named in ``result.json`` as
+``best_checkpoint``. On S3, Ray
 (pyarrow) and our own writes (fsspec) both take credentials and endpoint from the standard
 ``AWS_*`` environment variables; set them before Ray starts (or in the job's runtime_env).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -32,7 +33,13 @@ from action_ray.train.follow import ReportFollower
 from action_ray.train.progress import progress_mode_for_this_terminal
 from action_ray.train.tracking import tracking_target_of
 from action_ray.ray_session import start_for_training
-from action_ray.urls import filesystem_for, is_remote, redact
+from action_ray.runs.best import read_best
+from action_ray.runs.checkpoint import load_checkpoint_from
+from action_ray.runs.files import read_text, write_file
+from action_ray.runs.layout import CONFIG_FILE, LABEL_SPLIT_FILE, RESULT_FILE, join, run_dir_of, stage_checkpoint
+from action_ray.runs.logs import read_metrics, read_result, read_validation_log, write_result
+from action_ray.runs.resolve import latest_ray_checkpoint
+from action_ray.urls import is_remote, redact
 
 
 def data_config(config: Config):
@@ -99,18 +106,6 @@ def run_name(config: Config) -> str:
     return config.train.run_name or f"{config.method}-{config.hash()}"
 
 
-def _read_text(fs, path: str) -> str | None:
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r") as handle:
-        return handle.read()
-
-
-def _write_text(fs, path: str, text: str) -> None:
-    with fs.open(path, "w") as handle:
-        handle.write(text)
-
-
 def check_run_needs(config: Config, split: Any, store: Any, num_classes: int) -> None:
     """What the configured stages need from the store, checked from its index before Ray starts.
 
@@ -155,9 +150,8 @@ def plan_run(config: Config, write: bool = True) -> RunPlan:
     if STAGE_ORDER[STAGE_ORDER.index(order[0]): STAGE_ORDER.index(order[-1]) + 1] != tuple(stages):
         raise ConfigError(f"stages={stages} skips a stage; hand-offs go p1 -> p2 -> ft, so train consecutive stages")
     name = run_name(config)
-    run_dir = f"{config.train.resolved_storage_path.rstrip('/')}/{name}"
-    fs, root = filesystem_for(run_dir)
-    saved_config = _read_text(fs, f"{root}/config.yaml")
+    run_dir = run_dir_of(config.train.resolved_storage_path, name)
+    saved_config = read_text(join(run_dir, CONFIG_FILE))
     if saved_config is not None and not config.train.resume:
         raise ConfigError(
             f"run {name!r} already exists at {redact(run_dir)}; pass --resume to continue it, "
@@ -168,14 +162,14 @@ def plan_run(config: Config, write: bool = True) -> RunPlan:
         from action_ray.config import config_from_dict
         import yaml
 
-        previous = config_from_dict(yaml.safe_load(saved_config), f"{run_dir}/config.yaml")
+        previous = config_from_dict(yaml.safe_load(saved_config), join(run_dir, CONFIG_FILE))
         config, note = elastic_resume(config, previous)
         if previous.hash() != config.hash():
             raise ConfigError(
                 f"--resume: the config differs from the one saved with run {name!r} "
                 f"({previous.hash()} vs {config.hash()}); resume with the same settings or start a new run_name"
             )
-        saved_split = _read_text(fs, f"{root}/label_split.json")
+        saved_split = read_text(join(run_dir, LABEL_SPLIT_FILE))
     store = open_store(config.data.store, config.data.storage_options or None)
     num_classes = config.model.num_classes or (max(store.classes) + 1)
     if saved_split is not None:
@@ -185,10 +179,9 @@ def plan_run(config: Config, write: bool = True) -> RunPlan:
                             num_labelled_patients=config.data.labelled_patients, seed=config.data.split_seed)
     check_run_needs(config, split, store, num_classes)
     if write:
-        fs.makedirs(root, exist_ok=True)
-        config.dump(f"{run_dir}/config.yaml")
-        _write_text(fs, f"{root}/label_split.json", split.to_json())
-    complete = fs.exists(f"{root}/result.json")
+        write_file(join(run_dir, LABEL_SPLIT_FILE), split.to_json())
+        write_file(join(run_dir, CONFIG_FILE), config.to_yaml())  # last: it marks the run as existing
+    complete = read_text(join(run_dir, RESULT_FILE)) is not None
     return RunPlan(name, run_dir, split.to_json(), num_classes, saved_config is not None, complete, config,
                    note if saved_config is not None else "")
 
@@ -215,20 +208,6 @@ def elastic_resume(config: Config, previous: Config) -> tuple[Config, str]:
     batches = ", ".join(f"{key}={getattr(rescaled.data, key)}" for key in PER_WORKER_BATCH_KEYS)
     return rescaled, (f"{moved or f'resuming on {new} worker(s)'}: per-worker batches set to keep the run's "
                       f"global batch ({batches})")
-
-
-def read_result(run_dir: str) -> dict[str, Any] | None:
-    """``result.json`` of a finished run, or None."""
-    fs, root = filesystem_for(run_dir)
-    text = _read_text(fs, f"{root}/result.json")
-    return json.loads(text) if text else None
-
-
-def read_metrics(run_dir: str) -> list[dict[str, Any]]:
-    """Rows of ``metrics.jsonl`` (every report of the run, in order)."""
-    fs, root = filesystem_for(run_dir)
-    text = _read_text(fs, f"{root}/metrics.jsonl") or ""
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 # --------------------------------------------------------------------------------- a run
@@ -277,8 +256,6 @@ def validation_callbacks(config: Config, run_dir: str, log: Callable[[str], None
 
 def best_summary(run_dir: str) -> dict[str, Any]:
     """``best_checkpoint`` / ``best_val_dice`` / ``best_ft_step`` for ``result.json``, if a best was kept."""
-    from action_ray.train.validation import read_best
-
     best = read_best(run_dir)
     if best is None:
         return {}
@@ -291,53 +268,12 @@ def check_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None)
     ``load_checkpoint`` never unpickles objects, so a crafted or corrupt file is refused here
     with a one-line :class:`ConfigError` naming it, instead of failing in every worker attempt.
     """
-    import tempfile
-
-    from action_ray.train.checkpoint import download_directory, load_checkpoint
-
-    if not is_remote(url):
-        load_checkpoint(url)
-        return
-    with tempfile.TemporaryDirectory(prefix="action-ray-check-") as tmp:
-        load_checkpoint(download_directory(url, tmp, storage_options))
-
-
-def latest_ray_checkpoint(run_dir: str) -> str | None:
-    """The ``checkpoint_*`` folder Ray Train will resume from, if any.
-
-    That is the one Ray's own ``checkpoint_manager_snapshot.json`` names as its latest: Ray
-    writes the snapshot only after a checkpoint's upload has finished, so a folder that a
-    killed driver left half-copied (its ``meta.json`` may arrive before its weights) is never
-    it. No snapshot, or one that names no checkpoint: None.
-    """
-    fs, root = filesystem_for(run_dir)
-    named = _snapshot_latest_checkpoint(fs, root)  # None without a snapshot: Ray starts afresh
-    # the folder Ray will load, even if damaged (then the preflight check names it); a snapshot
-    # that names none is Ray's to report, and no half-copied newer folder is ever guessed at
-    return None if named is None else f"{run_dir.rstrip('/')}/{named}"
-
-
-RAY_CHECKPOINT_SNAPSHOT = "checkpoint_manager_snapshot.json"
-
-
-def _snapshot_latest_checkpoint(fs: Any, root: str) -> str | None:
-    """``latest_checkpoint_result.checkpoint_dir_name`` of Ray's snapshot, or None when the
-    snapshot is missing, unreadable or names no checkpoint (older Ray layouts)."""
-    path = f"{root}/{RAY_CHECKPOINT_SNAPSHOT}"
-    try:
-        with fs.open(path, "r") as handle:
-            snapshot = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    latest = snapshot.get("latest_checkpoint_result") if isinstance(snapshot, dict) else None
-    name = latest.get("checkpoint_dir_name") if isinstance(latest, dict) else None
-    return name if isinstance(name, str) and name.startswith("checkpoint_") else None
+    load_checkpoint_from(url, storage_options)
 
 
 def _write_run_curves(plan: RunPlan, log: Callable[[str], None]) -> None:
     """``curves.png`` from the run's reports and validations; a plotting failure only warns."""
     from action_ray.train.curves import write_curves
-    from action_ray.train.validation import read_validation_log
 
     try:
         where = write_curves(plan.run_dir, read_metrics(plan.run_dir), read_validation_log(plan.run_dir),
@@ -435,10 +371,8 @@ def run_training(
     summary.update(best_summary(plan.run_dir))
     _write_run_curves(plan, log)
     if not summary.get("interrupted"):
-        fs, root = filesystem_for(plan.run_dir)
-        final = f"{plan.run_dir}/stages/{summary.get('stage')}"
-        summary["final_checkpoint"] = final
-        _write_text(fs, f"{root}/result.json", json.dumps(summary, indent=2))
+        summary["final_checkpoint"] = stage_checkpoint(plan.run_dir, str(summary.get("stage")))
+        write_result(plan.run_dir, summary)
         if "best_checkpoint" in summary:
             log(f"best on validation: FT step {summary['best_ft_step']}, val Dice "
                 f"{summary['best_val_dice']:.4f} -> {redact(summary['best_checkpoint'])}")

@@ -14,8 +14,9 @@ without a checkpoint, and all P1/P2 reports, are not forwarded: pre-training has
 segmentation to judge, and ASHA must not stop ACTION for a decoder it has not trained yet.
 Training pauses while a validation runs (the report is a barrier); size ``train.checkpoint_every``
 to the validation cadence you want (in a sweep every FT checkpoint is validated, whatever
-``eval.val_every`` says). Scoring, ``validation.jsonl`` and the best-on-validation ``best/``
-are :mod:`action_ray.train.validation`'s, shared with ``action-ray train``.
+``eval.val_every`` says). The scoring (:mod:`action_ray.train.validation`) and the files it
+keeps, ``validation.jsonl`` and the best-on-validation ``best/`` (:mod:`action_ray.runs`), are
+shared with ``action-ray train``.
 
 The test split is used only after a trial ends (``tune.test_split``), for the table; it never
 reaches Tune's metric, so it cannot influence early stopping or selection.
@@ -23,7 +24,6 @@ reaches Tune's metric, so it cannot influence early stopping or selection.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
@@ -33,13 +33,10 @@ from typing import Any, Callable, Mapping
 from action_ray.config import Config
 from action_ray.errors import ActionRayError
 from action_ray.ray_session import start_for_sweep
-from action_ray.train.validation import (
-    EVAL_DEVICE,
-    CheckpointValidator,
-    evaluate_checkpoint,
-    ft_checkpoint_step,
-    read_validation_log,
-)
+from action_ray.runs.files import read_json
+from action_ray.runs.layout import LABEL_SPLIT_FILE, TEST_REPORTS_DIR, VALIDATION_DIR, join, run_dir_of
+from action_ray.runs.logs import read_validation_log
+from action_ray.train.validation import EVAL_DEVICE, CheckpointValidator, evaluate_checkpoint, ft_checkpoint_step
 from action_ray.train.tracking import tracking_target_of
 from action_ray.tuning.space import TIME_ATTR, SweepConfig, dump_sweep, sweep_name, trial_config
 from action_ray.urls import filesystem_for, is_remote, redact
@@ -115,9 +112,7 @@ class ValidationReportCallback(_tune_report_callback_class()):
 # ----------------------------------------------------------------------------- one trial
 def _split_facts(run_dir: str) -> dict[str, Any]:
     """Labelled / total train patients of the run's recorded split (the table's x axis)."""
-    fs, root = filesystem_for(run_dir)
-    with fs.open(f"{root}/label_split.json", "r") as handle:
-        split = json.loads(handle.read())
+    split = read_json(join(run_dir, LABEL_SPLIT_FILE))
     labelled = len(split["labelled_patients"])
     total = labelled + len(split["unlabelled_patients"])
     return {"labelled_patients": labelled, "train_patients": total,
@@ -146,7 +141,7 @@ def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str,
     data_context = DataContext.get_current()
     data_context.enable_progress_bars = False
     data_context.print_on_execution_start = False
-    run_dir = f"{config.train.resolved_storage_path.rstrip('/')}/{name}"
+    run_dir = run_dir_of(config.train.resolved_storage_path, name)
     callback = ValidationReportCallback(run_dir, str(config.data.store), config.data.storage_options, EVAL_DEVICE,
                                         tracking_target_of(config, run_dir))
     started = time.perf_counter()
@@ -158,13 +153,13 @@ def trial_driver(params: dict[str, Any], *, base: dict[str, Any], runs_dir: str,
         final.update({k: v for k, v in history[-1].items() if k == "ft_step" or k.startswith("val_")})
     else:  # no FT checkpoint was reported (should not happen: every stage ends with one)
         final.update(evaluate_checkpoint(run_dir, str(config.data.store), config.data.storage_options or None,
-                                         split="val", checkpoint="last", out_dir=f"{run_dir}/validation/last",
+                                         split="val", checkpoint="last", out_dir=join(run_dir, VALIDATION_DIR, "last"),
                                          device=EVAL_DEVICE))
         final[TIME_ATTR] = int(summary.get("step", 0))
     if test_split:
         started = time.perf_counter()
         final.update(evaluate_checkpoint(run_dir, str(config.data.store), config.data.storage_options or None,
-                                         split="test", checkpoint="last", out_dir=f"{run_dir}/test",
+                                         split="test", checkpoint="last", out_dir=join(run_dir, TEST_REPORTS_DIR),
                                          device=EVAL_DEVICE))
         final["test_seconds"] = time.perf_counter() - started
     ray.tune.report(final)

@@ -11,22 +11,16 @@ from typing import Any, Mapping, Sequence
 
 from action_ray.tuning.plots import PLOT_NAME, plot_dice_vs_label_fraction
 from action_ray.tuning.results import RESULTS_CSV, RESULTS_MD, results_csv, results_markdown
-from action_ray.urls import filesystem_for
+from action_ray.runs.files import write_file
 
 
 def write_results(sweep_dir: str, rows: Sequence[Mapping[str, Any]], *, metric: str,
                   seconds: float | None = None, command: str | None = None) -> list[str]:
     """Write ``results.csv``, ``results.md`` and the plot into ``sweep_dir``; returns the paths."""
-    fs, root = filesystem_for(sweep_dir)
-    fs.makedirs(root, exist_ok=True)
     written = []
-    for name, text in ((RESULTS_CSV, results_csv(rows)),
-                       (RESULTS_MD, results_markdown(rows, metric, seconds, command))):
-        with fs.open(f"{root}/{name}", "w") as handle:
-            handle.write(text)
+    for name, data in ((RESULTS_CSV, results_csv(rows)),
+                       (RESULTS_MD, results_markdown(rows, metric, seconds, command)),
+                       (PLOT_NAME, plot_dice_vs_label_fraction(rows, metric))):
         written.append(f"{sweep_dir}/{name}")
-    png = plot_dice_vs_label_fraction(rows, metric)
-    with fs.open(f"{root}/{PLOT_NAME}", "wb") as handle:
-        handle.write(png)
-    written.append(f"{sweep_dir}/{PLOT_NAME}")
+        write_file(written[-1], data)
     return written

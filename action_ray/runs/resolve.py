@@ -1,33 +1,29 @@
-"""Find the checkpoint to evaluate in a run directory and load its student for inference.
+"""Which checkpoint of a run a choice means, and loading its student for inference.
 
-Run directory layout (written by ``action_ray.train``; local or ``s3://``)::
-
-    <run>/config.yaml, label_split.json, metrics.jsonl, result.json (when finished)
-    <run>/stages/<stage>/{state.pt, meta.json}    final checkpoint of each stage
-    <run>/best/{state.pt, meta.json, best.json}   best-on-*validation* checkpoint, if kept
-    <run>/checkpoint_*/{state.pt, meta.json}      Ray Train's periodic checkpoints
-
-``--checkpoint`` choices:
+The run folder's layout is :mod:`action_ray.runs.layout`'s. ``--checkpoint`` choices
+(``evaluate``, ``predict``):
 
 * ``last`` (default): the final checkpoint of the run's last stage (``stages/ft`` for every
   method: FT is the stage that is reported, method.md §8.1). An unfinished run falls back to the
   newest periodic checkpoint of that stage, and says so.
 * ``best``: what the run recorded as best on the *validation* split (``result.json``'s
   ``best_checkpoint``, else ``<run>/best``), kept during training by
-  ``action_ray.train.validation`` when ``eval.val_every > 0``. Selection happened during
+  :mod:`action_ray.runs.best` when ``eval.val_every > 0``. Selection happened during
   training, on validation only; evaluation never selects anything, so the test split cannot
   leak. :func:`checkpoint_selection` says in the summary how the checkpoint was chosen.
 * a path or URL: a checkpoint directory (``meta.json`` + ``state.pt``) or another run directory.
 
 Only the student is rebuilt (the network that is evaluated, §6): its weights are the
 ``student.*`` entries of the saved model state, so no optimiser, bank or head is constructed.
+
+Resuming training needs another choice, :func:`latest_ray_checkpoint`: the periodic checkpoint
+Ray Train itself will hand the workers, checked on the driver before any worker starts.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -35,13 +31,23 @@ import torch
 
 from action_ray.config import Config, config_from_dict
 from action_ray.errors import ConfigError
-from action_ray.urls import filesystem_for, is_remote, redact
+from action_ray.runs.checkpoint import load_checkpoint_from
+from action_ray.runs.files import read_json
+from action_ray.runs.layout import (
+    BEST_RECORD,
+    CONFIG_FILE,
+    META_FILE,
+    RAY_CHECKPOINT_PREFIX,
+    RAY_CHECKPOINT_SNAPSHOT,
+    RESULT_FILE,
+    best_checkpoint,
+    join,
+    stage_checkpoint,
+)
+from action_ray.urls import filesystem_for, redact, with_protocol
 
 log = logging.getLogger(__name__)
 
-META_FILE = "meta.json"
-#: Inside ``<run>/best/`` (and copied to ``<run>/best.json``): ft_step, val_dice, source of the best.
-BEST_RECORD = "best.json"
 STUDENT_PREFIX = "student."
 #: The output convolution of the UNet decoder: its first weight axis is the class count.
 OUTPUT_WEIGHT = "decoder.out_conv.weight"
@@ -69,24 +75,13 @@ class LoadedStudent:
                 "method": self.config.method, "num_classes": self.num_classes}
 
 
-def _join(base: str, *parts: str) -> str:
-    return "/".join([base.rstrip("/"), *parts])
-
-
 def _is_checkpoint(fs, path: str) -> bool:
-    return fs.exists(_join(path, META_FILE))
+    return fs.exists(join(path, META_FILE))
 
 
-def _read_json(fs, path: str) -> dict | None:
-    if not fs.exists(path):
-        return None
-    with fs.open(path, "r") as handle:
-        return json.load(handle)
-
-
-def _last_stage(fs, root: str) -> str:
+def _last_stage(target: str, storage_options: Mapping[str, Any] | None) -> str:
     """The run's last configured stage (from ``config.yaml``); ``ft`` when it cannot be read."""
-    path = _join(root, "config.yaml")
+    fs, path = filesystem_for(join(target, CONFIG_FILE), storage_options)
     if fs.exists(path):
         import yaml
 
@@ -96,21 +91,15 @@ def _last_stage(fs, root: str) -> str:
     return "ft"
 
 
-def _newest_periodic(fs, root: str, stage: str) -> str | None:
-    """The Ray checkpoint of ``stage`` with the highest step, or None."""
+def _newest_periodic(target: str, storage_options: Mapping[str, Any] | None, stage: str) -> str | None:
+    """The Ray checkpoint of ``stage`` with the highest step (a URL like ``target``), or None."""
+    fs, root = filesystem_for(target, storage_options)
     best: tuple[int, str] | None = None
-    for entry in fs.glob(_join(root, "checkpoint_*")):
-        meta = _read_json(fs, _join(entry, META_FILE))
+    for entry in fs.glob(join(root, f"{RAY_CHECKPOINT_PREFIX}*")):
+        meta = read_json(with_protocol(target, join(entry, META_FILE)), storage_options)
         if meta and meta.get("stage") == stage and (best is None or int(meta["step"]) > best[0]):
             best = (int(meta["step"]), entry)
-    return best[1] if best else None
-
-
-def _with_protocol(url: str, path: str) -> str:
-    """Put the scheme of ``url`` back on an fsspec ``path`` (fsspec paths drop ``s3://``)."""
-    if "://" in url and "://" not in path:
-        return f"{url.split('://', 1)[0]}://{path}"
-    return path
+    return with_protocol(target, best[1]) if best else None
 
 
 def resolve_checkpoint(
@@ -123,7 +112,7 @@ def resolve_checkpoint(
     :class:`ConfigError` that names what was looked for when nothing usable is there.
     """
     if choice not in ("last", "best"):
-        path = choice if ("://" in choice or choice.startswith("/")) else _join(str(target), choice)
+        path = choice if ("://" in choice or choice.startswith("/")) else join(str(target), choice)
         fs, root = filesystem_for(path, storage_options)
         if not fs.exists(root) and fs.exists(choice):
             path, root = choice, choice
@@ -138,11 +127,11 @@ def resolve_checkpoint(
         if choice == "best":
             raise ConfigError(f"{redact(target)} is a single checkpoint; --checkpoint best needs a run directory")
         return target
-    result = _read_json(fs, _join(root, "result.json")) or {}
+    result = read_json(join(target, RESULT_FILE), storage_options) or {}
     if choice == "best":
         recorded = result.get("best_checkpoint")
         candidates = [recorded] if recorded else []
-        candidates.append(_join(target, "best"))
+        candidates.append(best_checkpoint(target))
         for candidate in candidates:
             cfs, croot = filesystem_for(candidate, storage_options)
             if _is_checkpoint(cfs, croot):
@@ -152,15 +141,15 @@ def resolve_checkpoint(
             "'best_checkpoint' and best/meta.json); train with validation (eval.val_every > 0) "
             "or evaluate --checkpoint last"
         )
-    stage = _last_stage(fs, root)
-    final = _join(target, "stages", stage)
+    stage = _last_stage(target, storage_options)
+    final = stage_checkpoint(target, stage)
     if _is_checkpoint(fs, filesystem_for(final, storage_options)[1]):
         return final
-    periodic = _newest_periodic(fs, root, stage)
+    periodic = _newest_periodic(target, storage_options, stage)
     if periodic is not None:
         log.warning("run %s has no final %s checkpoint yet (unfinished?); using the newest periodic one, %s",
-                    redact(target), stage, periodic)
-        return _with_protocol(target, periodic)
+                    redact(target), stage, redact(periodic))
+        return periodic
     raise ConfigError(
         f"run {redact(target)} has no {stage} checkpoint (neither stages/{stage}/meta.json nor a "
         f"checkpoint_*/ of stage {stage}); has it trained that stage? Pass --checkpoint PATH to choose one"
@@ -179,20 +168,10 @@ def checkpoint_selection(
         return {"choice": "last", "rule": "final checkpoint of the last stage (the reported model)"}
     if choice != "best":
         return {"choice": "path", "rule": "given by --checkpoint"}
-    fs, root = filesystem_for(checkpoint_url, storage_options)
-    record = _read_json(fs, _join(root, BEST_RECORD)) or {}
+    record = read_json(join(checkpoint_url, BEST_RECORD), storage_options) or {}
     return {"choice": "best", "rule": "highest mean Dice on the val split, chosen during training",
             "ft_step": record.get("ft_step"), "val_dice": record.get("val_dice"),
             "source": redact(record["source"]) if record.get("source") else None}
-
-
-def _load_checkpoint_any(url: str, storage_options: Mapping[str, Any] | None):
-    from action_ray.train.checkpoint import download_directory, load_checkpoint
-
-    if not is_remote(url):
-        return load_checkpoint(url, map_location="cpu")
-    with tempfile.TemporaryDirectory(prefix="action-ray-eval-") as tmp:
-        return load_checkpoint(download_directory(url, tmp, storage_options), map_location="cpu")
 
 
 def student_state(model_state: Mapping[str, torch.Tensor], where: str) -> dict[str, torch.Tensor]:
@@ -211,7 +190,7 @@ def load_student(
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-    checkpoint = _load_checkpoint_any(checkpoint_url, storage_options)
+    checkpoint = load_checkpoint_from(checkpoint_url, storage_options)
     config = config_from_dict(checkpoint.config, f"{redact(checkpoint_url)} config")
     state = student_state(checkpoint.train_state["model"], checkpoint_url)
     num_classes = int(state[OUTPUT_WEIGHT].shape[0])
@@ -222,33 +201,29 @@ def load_student(
     return LoadedStudent(network, config, num_classes, checkpoint_url, checkpoint.stage, int(checkpoint.step))
 
 
-def inference_settings(
-    config: Config,
-    dataset_meta: Mapping[str, Any] | None,
-    *,
-    batch_size: int | None = None,
-    normalization: Any = None,
-):
-    """:class:`InferenceSettings` that reproduce the run's data path on a store's cases.
+def latest_ray_checkpoint(run_dir: str) -> str | None:
+    """The ``checkpoint_*`` folder Ray Train will resume from, if any.
 
-    The normalisation is the training one: ``data.normalisation`` / ``data.intensity_window``
-    when the run set them, else the store's recipe or modality default (``dataset_meta``),
-    exactly as :class:`action_ray.data.streams.StreamSettings` resolves it for training.
-    ``normalization`` overrides both (a spec, dict or method name).
+    That is the one Ray's own ``checkpoint_manager_snapshot.json`` names as its latest: Ray
+    writes the snapshot only after a checkpoint's upload has finished, so a folder that a
+    killed driver left half-copied (its ``meta.json`` may arrive before its weights) is never
+    it. No snapshot, or one that names no checkpoint: None.
     """
-    from action_ray.data.normalize import resolve_spec
-    from action_ray.data.streams import StreamSettings
-    from action_ray.evaluation.inference import InferenceSettings
+    fs, root = filesystem_for(run_dir)
+    named = _snapshot_latest_checkpoint(fs, root)  # None without a snapshot: Ray starts afresh
+    # the folder Ray will load, even if damaged (then the preflight check names it); a snapshot
+    # that names none is Ray's to report, and no half-copied newer folder is ever guessed at
+    return None if named is None else join(run_dir, named)
 
-    stream = StreamSettings.from_config(config.data)
-    spec = resolve_spec(dataset_meta, normalization if normalization is not None else stream.normalization)
-    dims = config.model.dims or config.data.dims
-    return InferenceSettings(
-        dims=dims,
-        normalization=spec,
-        slice_size=config.data.slice_size,
-        image_interpolation=stream.image_interpolation,
-        window=tuple(config.eval_window) if dims == 3 and config.eval_window else None,
-        stride=tuple(config.eval.stride) if dims == 3 else None,
-        batch_size=int(batch_size or config.eval.batch_size),
-    )
+
+def _snapshot_latest_checkpoint(fs: Any, root: str) -> str | None:
+    """``latest_checkpoint_result.checkpoint_dir_name`` of Ray's snapshot, or None when the
+    snapshot is missing, unreadable or names no checkpoint (older Ray layouts)."""
+    try:
+        with fs.open(join(root, RAY_CHECKPOINT_SNAPSHOT), "r") as handle:
+            snapshot = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    latest = snapshot.get("latest_checkpoint_result") if isinstance(snapshot, dict) else None
+    name = latest.get("checkpoint_dir_name") if isinstance(latest, dict) else None
+    return name if isinstance(name, str) and name.startswith(RAY_CHECKPOINT_PREFIX) else None

@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import random
+import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
@@ -39,12 +40,12 @@ import torch
 
 from action_ray.errors import ConfigError
 from action_ray.files import write_atomic
+from action_ray.runs.layout import CHECKPOINT_FILES, META_FILE, STATE_FILE
+from action_ray.urls import filesystem_for, is_remote, redact
 
 CHECKPOINT_FORMAT = 2
 #: The format that stored Python/NumPy RNG objects and needed full unpickling to read.
 PICKLE_FORMAT = 1
-STATE_FILE = "state.pt"
-META_FILE = "meta.json"
 
 
 @dataclass
@@ -217,8 +218,6 @@ def upload_directory(local_dir: str, url: str, storage_options: Mapping[str, Any
     Used for the stage-final copies in the run directory; readers treat a copy without
     ``meta.json`` as absent, so an interrupted upload is never mistaken for a checkpoint.
     """
-    from action_ray.urls import filesystem_for
-
     fs, root = filesystem_for(url, storage_options)
     fs.makedirs(root, exist_ok=True)
     if fs.exists(f"{root}/{META_FILE}"):
@@ -230,12 +229,20 @@ def upload_directory(local_dir: str, url: str, storage_options: Mapping[str, Any
 
 def download_directory(url: str, local_dir: str, storage_options: Mapping[str, Any] | None = None) -> str:
     """Copy a checkpoint directory at ``url`` into ``local_dir``; returns ``local_dir``."""
-    from action_ray.urls import filesystem_for, redact
-
     fs, root = filesystem_for(url, storage_options)
     if not fs.exists(f"{root}/{META_FILE}"):
         raise ConfigError(f"no complete checkpoint at {redact(url)} (missing {META_FILE})")
     os.makedirs(local_dir, exist_ok=True)
-    for name in (STATE_FILE, META_FILE):
+    for name in CHECKPOINT_FILES:
         fs.get_file(f"{root}/{name}", os.path.join(local_dir, name))
     return local_dir
+
+
+def load_checkpoint_from(url: str, storage_options: Mapping[str, Any] | None = None,
+                         map_location: str | torch.device = "cpu") -> Checkpoint:
+    """`load_checkpoint` of a checkpoint directory anywhere: read in place when local, else
+    downloaded to a temporary folder first (``torch.load`` wants a local file)."""
+    if not is_remote(url):
+        return load_checkpoint(url, map_location=map_location)
+    with tempfile.TemporaryDirectory(prefix="action-ray-checkpoint-") as tmp:
+        return load_checkpoint(download_directory(url, tmp, storage_options), map_location=map_location)
