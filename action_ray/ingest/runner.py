@@ -165,14 +165,10 @@ def recipe_hint(options: IngestOptions) -> str | None:
     ``action-ray synth`` writes it, so phantoms in ACDC/LiTS layout are ingested with their own
     recipe (classes, normalisation, seeded 70/10/20 split) and not with the real dataset's.
     """
-    from action_ray.synth.command import RECIPE_HINT_FILE
+    from action_ray.io.recipe_hint import read_recipe_hint
 
     fs, root = filesystem_for(options.src, options.storage_options)
-    try:
-        text = fs.cat_file(f"{root.rstrip('/')}/{RECIPE_HINT_FILE}").decode().strip()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-    return text or None
+    return read_recipe_hint(fs, root)
 
 
 def resolve_recipe(options: IngestOptions) -> Recipe:
