@@ -3,7 +3,7 @@
 Inputs are store cases (``--store``) or NIfTI files. Either way the volume goes through the
 training data path (``inference.predict_case``): store cases with their stored statistics,
 NIfTI files with the same statistics computed the way ingest computes them
-(:func:`action_ray.store.schema.intensity_stats` on the float32 volume in store orientation).
+(:func:`action_ray.io.normalise.intensity_stats` on the float32 volume in store orientation).
 
 Files are read and written by :mod:`action_ray.io.nifti`, the one place that converts between
 the store's (Z, Y, X) and NIfTI's (x, y, z): voxel (i, j, k) of the output is voxel (i, j, k)
@@ -64,7 +64,7 @@ def nifti_volumes(paths: Sequence[str], storage_options: Mapping[str, Any] | Non
     """Volumes of NIfTI files (local or remote), read, checked and reoriented as ingest does."""
     from action_ray.io.checks import check_image
     from action_ray.io.nifti import read_scan
-    from action_ray.store.schema import intensity_stats
+    from action_ray.io.normalise import intensity_stats
 
     for path in paths:
         fs, fs_path = filesystem_for(path, storage_options)
@@ -92,15 +92,15 @@ def write_prediction(out_dir: str, volume: InputVolume, labels: np.ndarray, prob
     return written
 
 
-def _settings_for_niftis(config, storage_options, batch_size, normalization) -> InferenceSettings:
+def _settings_for_niftis(config, storage_options, batch_size, normalisation) -> InferenceSettings:
     """Inference settings for files outside any store: the run's normalisation, resolved
     against the *training* store's recipe when the run defers to it."""
     from action_ray.data.streams import StreamSettings
     from action_ray.evaluation.runs import inference_settings
 
-    explicit = normalization if normalization is not None else StreamSettings.from_config(config.data).normalization
+    explicit = normalisation if normalisation is not None else StreamSettings.from_config(config.data).normalisation
     if explicit is not None:
-        return inference_settings(config, None, batch_size=batch_size, normalization=explicit)
+        return inference_settings(config, None, batch_size=batch_size, normalisation=explicit)
     from action_ray.store import open_store
 
     try:
@@ -111,7 +111,7 @@ def _settings_for_niftis(config, storage_options, batch_size, normalization) -> 
     if meta is None:
         raise ConfigError(
             f"the run normalises intensities with its store's recipe, but the training store "
-            f"{redact(config.data.store)!r} cannot be opened from here; pass --normalization METHOD "
+            f"{redact(config.data.store)!r} cannot be opened from here; pass --normalisation METHOD "
             "(percentile, window, minmax, zscore, none) matching the training data, or --store"
         )
     return inference_settings(config, meta, batch_size=batch_size)
@@ -145,13 +145,13 @@ def predict_cases(
     device: str = "cpu",
     batch_size: int | None = None,
     progress: bool = True,
-    normalization: str | None = None,
+    normalisation: str | None = None,
 ) -> list[str]:
     """Write NIfTI label maps (uint8, the source's affine) for store cases or NIfTI files.
 
     checkpoint: a run directory (its last checkpoint is used) or a checkpoint directory, local
     or ``s3://``. Give either ``store_url`` (with ``cases`` ids, or every case of ``split``,
-    or every case) or ``niftis`` (paths or URLs). ``normalization`` overrides the intensity
+    or every case) or ``niftis`` (paths or URLs). ``normalisation`` overrides the intensity
     normalisation method (only needed for NIfTI inputs when the training store is unreachable).
     Returns the written paths: ``<out_dir>/<case>_seg.nii.gz`` and, with ``probabilities``,
     ``<case>_prob.nii.gz``.
@@ -173,11 +173,11 @@ def predict_cases(
             where = f" in split {split!r}" if split else ""
             raise ConfigError(f"store {redact(store_url)} has no complete case{where}")
         settings = inference_settings(student.config, store.dataset_meta, batch_size=batch_size,
-                                      normalization=normalization)
+                                      normalisation=normalisation)
         volumes: Iterator[InputVolume] = store_volumes(store, ids)
         total = len(ids)
     else:
-        settings = _settings_for_niftis(student.config, options, batch_size, normalization)
+        settings = _settings_for_niftis(student.config, options, batch_size, normalisation)
         volumes = nifti_volumes(list(niftis or []), options)
         total = len(niftis or [])
     return predict_volumes(student.network, volumes, settings, str(out_dir), probabilities=probabilities,

@@ -227,25 +227,25 @@ def inference_settings(
     dataset_meta: Mapping[str, Any] | None,
     *,
     batch_size: int | None = None,
-    normalization: Any = None,
+    normalisation: Any = None,
 ):
     """:class:`InferenceSettings` that reproduce the run's data path on a store's cases.
 
     The normalisation is the training one: ``data.normalisation`` / ``data.intensity_window``
     when the run set them, else the store's recipe or modality default (``dataset_meta``),
     exactly as :class:`action_ray.data.streams.StreamSettings` resolves it for training.
-    ``normalization`` overrides both (a spec, dict or method name).
+    ``normalisation`` overrides both (a spec, dict or method name).
     """
-    from action_ray.data.normalize import resolve_spec
     from action_ray.data.streams import StreamSettings
     from action_ray.evaluation.inference import InferenceSettings
+    from action_ray.io.normalise import resolve_spec
 
     stream = StreamSettings.from_config(config.data)
-    spec = resolve_spec(dataset_meta, normalization if normalization is not None else stream.normalization)
+    spec = resolve_spec(dataset_meta, normalisation if normalisation is not None else stream.normalisation)
     dims = config.model.dims or config.data.dims
     return InferenceSettings(
         dims=dims,
-        normalization=spec,
+        normalisation=spec,
         slice_size=config.data.slice_size,
         image_interpolation=stream.image_interpolation,
         window=tuple(config.eval_window) if dims == 3 and config.eval_window else None,

@@ -29,6 +29,7 @@ from action_ray.errors import ActionRayError, CaseError, StoreError
 from action_ray.ingest.layouts import Collection, SourceCase, discover
 from action_ray.ingest.splits import assign_splits
 from action_ray.ingest.validate import AFFINE_TOLERANCE_MM, load_case
+from action_ray.io.normalise import BLOCK_KEY
 from action_ray.ray_session import current_node
 from action_ray.recipes import DEFAULT_RECIPE_FOR_LAYOUT, Recipe, load_recipe, load_split_file
 from action_ray.urls import filesystem_for, is_remote, redact, storage_advice
@@ -244,7 +245,7 @@ def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> In
     store = create_store(options.dst, name=collection.name or recipe.name, modality=modality, layout=options.layout,
                          classes=classes, storage_options=options.storage_options, exist_ok=True,
                          extra={"recipe": recipe.name,
-                                "normalisation": recipe.normalisation.model_dump(exclude_none=True)})
+                                BLOCK_KEY: recipe.normalisation.to_dict()})
     leftovers = store.remove_incomplete()
     if leftovers:
         notes.append(f"removed {len(leftovers)} incomplete case(s) left by an interrupted run: "
