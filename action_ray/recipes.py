@@ -7,24 +7,25 @@ the intensity normalisation, computed from the per-case statistics the store rec
 (``p0_5``/``p99_5``/``mean``/``std``) so a single slice can be normalised without reading its
 whole volume.
 
-Normalisation methods:
-
-* ``percentile_minmax`` (MR): clip to the case's [lower, upper] percentiles, scale to [0, 1];
-* ``zscore`` (MR): subtract the case mean, divide by its standard deviation;
-* ``window`` (CT): clip to a fixed HU window [low, high], scale to [0, 1].
+The ``normalisation`` block is :class:`action_ray.io.normalise.NormalisationSpec` in its own
+vocabulary (``{method: percentile}``, ``{method: window, window: [low, high]}``, ``zscore``,
+``minmax``, ``none``); recipes in the older spelling (``percentile_minmax``, ``low``/``high``)
+still load.
 """
 
 from __future__ import annotations
 
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Mapping, Sequence
+from typing import Annotated, Literal, Mapping, Sequence
 
-import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError, field_validator, model_validator,
+)
 
 from action_ray.errors import ConfigError
+from action_ray.io.normalise import METHODS, NormalisationSpec
 from action_ray.store.schema import SPLITS
 
 #: Layout -> recipe used when ``action-ray ingest`` gets no ``--recipe``.
@@ -32,35 +33,21 @@ DEFAULT_RECIPE_FOR_LAYOUT = {"acdc": "acdc", "lits": "lits", "msd": "msd"}
 SPLIT_FILE_SUFFIX = "-split.yaml"
 
 
-class Normalisation(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _normalisation(value: object) -> NormalisationSpec:
+    """The recipe's ``normalisation`` block as the spec the data path applies; ``method`` is required."""
+    if isinstance(value, NormalisationSpec):
+        return value
+    if not isinstance(value, Mapping) or value.get("method") is None:
+        raise ValueError(f"needs a method, one of {', '.join(METHODS)} (e.g. {{method: percentile}})")
+    try:
+        return NormalisationSpec.from_dict(value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
 
-    method: Literal["percentile_minmax", "zscore", "window"]
-    lower: float | None = Field(None, description="percentile_minmax: lower percentile (only 0.5 is stored per case)")
-    upper: float | None = Field(None, description="percentile_minmax: upper percentile (only 99.5 is stored per case)")
-    low: float | None = Field(None, description="window: lower bound (e.g. HU)")
-    high: float | None = Field(None, description="window: upper bound (e.g. HU)")
 
-    @model_validator(mode="after")
-    def _complete(self) -> "Normalisation":
-        if self.method == "window" and (self.low is None or self.high is None or self.low >= self.high):
-            raise ValueError("method 'window' needs low < high")
-        if self.method == "percentile_minmax" and (self.lower, self.upper) != (0.5, 99.5):
-            raise ValueError("percentile_minmax uses the stored p0_5/p99_5 statistics: set lower: 0.5, upper: 99.5")
-        return self
-
-    def apply(self, image: np.ndarray, stats: Mapping[str, float]) -> np.ndarray:
-        """Normalise a slice or volume of one case, using that case's stored ``stats``."""
-        image = np.asarray(image, dtype=np.float32)
-        if self.method == "window":
-            low, high = self.low, self.high
-        elif self.method == "percentile_minmax":
-            low, high = float(stats["p0_5"]), float(stats["p99_5"])
-        else:
-            std = float(stats["std"])
-            return ((image - float(stats["mean"])) / (std if std > 0 else 1.0)).astype(np.float32)
-        span = high - low if high > low else 1.0
-        return ((np.clip(image, low, high) - low) / span).astype(np.float32)
+#: A recipe's normalisation: read through the one parser, written back in today's vocabulary.
+RecipeNormalisation = Annotated[NormalisationSpec, PlainValidator(_normalisation),
+                                PlainSerializer(NormalisationSpec.to_dict)]
 
 
 class SplitRule(BaseModel):
@@ -88,7 +75,7 @@ class Recipe(BaseModel):
     modality: str
     layout: Literal["acdc", "lits", "msd", "folder"]
     classes: dict[int, str]
-    normalisation: Normalisation
+    normalisation: RecipeNormalisation
     split: SplitRule
     chunking: Literal["slice", "patch"] = "slice"
     path: Path | None = Field(None, exclude=True)

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from ray.data.block import BlockAccessor
 
-from action_ray.data.normalize import NormalizationSpec, normalize_array
 from action_ray.data.resize import resize_slices
 from action_ray.data.patches import axis_origins
 from action_ray.data.source import IGNORE_LABEL, VolumeSliceDatasource, z_chunk_of
+from action_ray.io.normalise import NormalisationSpec, normalise_array
 from action_ray.store import CaseMeta, create_store
 
 SHAPES = {"c0": (5, 24, 20), "c1": (6, 24, 20), "c2": (7, 24, 20), "c3": (4, 24, 20)}
@@ -45,8 +45,8 @@ def run_tasks(source) -> dict[str, np.ndarray]:
     return {key: np.concatenate([b[key] for b in batches]) for key in batches[0]}
 
 
-def expected_image(store, volumes, case_id, spec=NormalizationSpec("percentile")):
-    return normalize_array(volumes[case_id][0], spec, store.case(case_id).stats, case_id)
+def expected_image(store, volumes, case_id, spec=NormalisationSpec("percentile")):
+    return normalise_array(volumes[case_id][0], spec, store.case(case_id).stats, case_id)
 
 
 def test_read_tasks_return_exactly_the_stored_slices_normalised(store_and_volumes):

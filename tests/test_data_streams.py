@@ -111,10 +111,10 @@ def test_settings_from_the_run_config():
 
     settings = StreamSettings.from_config(DataConfig(slice_size=128, intensity_window=(-100, 200)))
     assert settings.mode == "slice" and settings.output_size == (128, 128)
-    assert settings.normalization.method == "window" and settings.normalization.window == (-100.0, 200.0)
+    assert settings.normalisation.method == "window" and settings.normalisation.window == (-100.0, 200.0)
     three_d = StreamSettings.from_config(DataConfig(dims=3, patch_size=(16, 32, 32), normalisation="zscore"))
     assert three_d.mode == "patch" and three_d.patch_size == (16, 32, 32)
-    assert three_d.normalization.method == "zscore" and three_d.output_size is None
+    assert three_d.normalisation.method == "zscore" and three_d.output_size is None
     with pytest.raises(ConfigError, match="intensity_window"):
         StreamSettings.from_config(DataConfig(normalisation="zscore", intensity_window=(0, 1)))
 

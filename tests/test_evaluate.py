@@ -17,7 +17,6 @@ import pytest
 import torch
 
 from action_ray.config import load_config
-from action_ray.data.normalize import NormalizationSpec
 from action_ray.errors import ConfigError, StoreError
 from action_ray.evaluation import evaluate_run
 from action_ray.evaluation.evaluate import score_cases
@@ -29,6 +28,7 @@ from action_ray.evaluation.inference import (
 )
 from action_ray.evaluation.report import CSV_COLUMNS, build_summary, case_rows, write_reports
 from action_ray.evaluation.inference import inference_settings
+from action_ray.io.normalise import NormalisationSpec
 from action_ray.metrics import case_metrics
 from action_ray.runs.resolve import load_student, resolve_checkpoint
 from action_ray.store import CaseMeta, create_store
@@ -186,7 +186,7 @@ def test_perfect_prediction_scores_one_through_the_reporting_path(tiny, tmp_path
     store, _ = tiny
     cases = [store.case(c) for c in ("t0", "t1", "t-unlabelled")]
     # a 3-D window of a pointwise stub is exact (no resize), so the prediction is the ground truth
-    settings = InferenceSettings(dims=3, normalization=NormalizationSpec("none"), window=(4, 16, 16), stride=(2, 8, 8))
+    settings = InferenceSettings(dims=3, normalisation=NormalisationSpec("none"), window=(4, 16, 16), stride=(2, 8, 8))
     classes = {1: "RV", 2: "MYO", 3: "LV"}
     scored = score_cases(LabelFromIntensity(), store, cases, settings, classes, progress=False)
     assert scored.skipped_unlabelled == ["t-unlabelled"]

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from action_ray.data.normalize import NormalizationSpec
 from action_ray.errors import ConfigError
 from action_ray.evaluation import predict_cases
 from action_ray.evaluation.inference import InferenceSettings
 from action_ray.evaluation.predict import nifti_volumes, predict_volumes, store_volumes
+from action_ray.io.normalise import NormalisationSpec
 from action_ray.store import CaseMeta, create_store
 from test_evaluate import CLASSES, save_run, tiny_config  # tests/ is on sys.path
 
@@ -85,7 +85,7 @@ def _load(path) -> nib.Nifti1Image:
 def test_store_and_nifti_predictions_land_on_the_input_grid(scan_store, tmp_path):
     image_path, store, _ = scan_store
     _, label = asymmetric_scan()
-    settings = InferenceSettings(dims=2, normalization=NormalizationSpec("none"), slice_size=16, batch_size=2)
+    settings = InferenceSettings(dims=2, normalisation=NormalisationSpec("none"), slice_size=16, batch_size=2)
     np.testing.assert_allclose(store.spacing("scan"), ZOOMS[::-1], rtol=1e-6)  # (sz, sy, sx) in the store
     for name, volumes in (("store", store_volumes(store, ["scan"])),
                           ("nifti", nifti_volumes([str(image_path)], None))):
@@ -124,6 +124,17 @@ def test_predict_from_a_run_keeps_affine_and_spacing(scan_store, tmp_path):
     # the stored statistics and the ones computed from the file normalise identically
     np.testing.assert_array_equal(np.asanyarray(from_store.dataobj), np.asanyarray(from_file.dataobj))
     assert _load(out / "files" / "scan_prob.nii.gz").shape == (*NIFTI_SHAPE, 4)
+
+
+def test_predict_takes_the_normalisation_flag_in_both_spellings():
+    import argparse
+
+    from action_ray.commands import predict as predict_command
+
+    parser = argparse.ArgumentParser()
+    predict_command.configure(parser)
+    for flag in ("--normalisation", "--normalization"):  # the second: users' scripts from before
+        assert parser.parse_args(["run", "--out", "o", flag, "zscore"]).normalisation == "zscore"
 
 
 def test_predict_argument_errors(scan_store, tmp_path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from action_ray.errors import ConfigError
+from action_ray.io.normalise import NormalisationSpec, normalise_array
 from action_ray.recipes import list_recipes, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,13 +48,39 @@ def test_seed_rule_recipes_have_no_split_file():
 def test_normalisation_methods():
     stats = {"p0_5": 10.0, "p99_5": 110.0, "mean": 50.0, "std": 25.0}
     image = np.array([0.0, 10.0, 60.0, 200.0], np.float32)
-    np.testing.assert_allclose(load_recipe("acdc").normalisation.apply(image, stats), [0, 0, 0.5, 1])
-    np.testing.assert_allclose(load_recipe("msd").normalisation.apply(image, stats), [-2, -1.6, 0.4, 6])
+    np.testing.assert_allclose(normalise_array(image, load_recipe("acdc").normalisation, stats), [0, 0, 0.5, 1])
+    np.testing.assert_allclose(normalise_array(image, load_recipe("msd").normalisation, stats), [-2, -1.6, 0.4, 6])
     hu = np.array([-1000.0, -125.0, 75.0, 275.0, 1000.0], np.float32)
-    np.testing.assert_allclose(load_recipe("lits").normalisation.apply(hu, stats), [0, 0, 0.5, 1, 1])
+    np.testing.assert_allclose(normalise_array(hu, load_recipe("lits").normalisation, stats), [0, 0, 0.5, 1, 1])
+
+
+RECIPE_HEAD = "name: x\ntitle: x\nmodality: CT\nlayout: lits\nclasses: {0: bg, 1: liver}\nsplit: {rule: seed}\n"
+
+
+def test_a_user_recipe_in_the_old_spelling_loads_and_is_written_in_todays(tmp_path):
+    path = tmp_path / "r.yaml"
+    for old, spec in (("{method: window, low: -100, high: 200}", NormalisationSpec("window", window=(-100.0, 200.0))),
+                      ("{method: percentile_minmax, lower: 0.5, upper: 99.5}", NormalisationSpec("percentile"))):
+        path.write_text(RECIPE_HEAD + f"normalisation: {old}\n")
+        recipe = load_recipe(str(path))
+        assert recipe.normalisation == spec
+        assert recipe.model_dump()["normalisation"] == spec.to_dict()
+
+
+def test_shipped_recipes_use_todays_vocabulary_only():
+    for name in DATASETS:
+        text = (REPO / "action_ray/recipes" / f"{name}.yaml").read_text()
+        assert not any(old in text for old in ("percentile_minmax", "low:", "high:", "lower:", "upper:")), name
 
 
 def test_bad_recipes_name_the_key(tmp_path):
+    path = tmp_path / "r.yaml"
+    for block, reason in (("{window: [0, 1]}", "needs a method"), ("{method: histogram}", "not one of"),
+                          ("{method: percentile, lower: 1, upper: 99}", "percentiles")):
+        path.write_text(RECIPE_HEAD + f"normalisation: {block}\n")
+        with pytest.raises(ConfigError, match=f"normalisation.*{reason}"):
+            load_recipe(str(path))
+
     path = tmp_path / "r.yaml"
     path.write_text("name: x\ntitle: x\nmodality: CT\nlayout: lits\nclasses: {1: liver}\n"
                     "normalisation: {method: window, low: 5, high: 1}\nsplit: {rule: file}\n")

@@ -19,8 +19,8 @@ def test_cardiac_phantoms_ingest_with_their_own_recipe_and_round_trip(tmp_path, 
 
     store = open_store(store_url)
     assert store.dataset_meta["name"] == "phantom-cardiac"
-    assert store.dataset_meta["normalisation"]["method"] == "percentile_minmax"
-    from action_ray.data.normalize import resolve_spec
+    assert store.dataset_meta["normalisation"] == {"method": "percentile"}  # today's vocabulary only
+    from action_ray.io.normalise import resolve_spec
 
     assert resolve_spec(store.dataset_meta).method == "percentile"
     cases = store.list_cases()

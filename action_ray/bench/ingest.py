@@ -85,6 +85,8 @@ def _child_raw(src: Path, dst: Path, workers: int) -> None:
     import nibabel as nib
     import numpy as np
 
+    from action_ray.io.nifti import from_nifti_axes
+
     dst.mkdir(parents=True, exist_ok=True)
     files = sorted(src.rglob("*.nii.gz"))
 
@@ -93,7 +95,7 @@ def _child_raw(src: Path, dst: Path, workers: int) -> None:
         # streaming reader is several times slower), then the voxels written uncompressed
         image = nib.Nifti1Image.from_bytes(gzip.decompress(path.read_bytes()))
         data = np.asarray(image.dataobj)
-        np.save(dst / (path.name.replace(".nii.gz", "") + ".npy"), np.ascontiguousarray(data.transpose(2, 1, 0)))
+        np.save(dst / (path.name.replace(".nii.gz", "") + ".npy"), from_nifti_axes(data))
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(convert, files))

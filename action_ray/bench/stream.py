@@ -95,8 +95,8 @@ def write_phantom_store(url: str, cases: int, slices: int, size: int, seed: int 
 # ------------------------------------------------------------------------------- measurements
 def _direct_rates(url: str, storage_options: dict, case_ids: list[str], output_size: int) -> dict[str, float]:
     """The two single-process loops, with the read tasks' normalisation and resize."""
-    from action_ray.data.normalize import normalize_array, resolve_spec
     from action_ray.data.resize import resize_slices
+    from action_ray.io.normalise import normalise_array, resolve_spec
     from action_ray.store import open_store
 
     store = open_store(url, storage_options or None)
@@ -105,7 +105,7 @@ def _direct_rates(url: str, storage_options: dict, case_ids: list[str], output_s
     infos = [store.case(c) for c in case_ids]
 
     def finish(image, label, info):
-        image = normalize_array(image, spec, info.stats, info.case_id)
+        image = normalise_array(image, spec, info.stats, info.case_id)
         return resize_slices(image, label, size)
 
     start, rows = time.perf_counter(), 0

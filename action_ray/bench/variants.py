@@ -80,10 +80,10 @@ def train_variant(spec: RunSpec) -> dict[str, Any]:
     import torch
 
     from action_ray.config import load_config
-    from action_ray.data.normalize import normalize_array, resolve_spec
     from action_ray.data.resize import resize_slices
     from action_ray.data.splits import label_split
     from action_ray.evaluation.inference import predict_slices
+    from action_ray.io.normalise import normalise_array, resolve_spec
     from action_ray.store import open_store
     from action_ray.train.loop import compose_batch, stage_batch_sizes
     from action_ray.train.state import build_state, handoff_p1_to_p2, handoff_p2_to_ft
@@ -105,7 +105,7 @@ def train_variant(spec: RunSpec) -> dict[str, Any]:
         images, labels = [], []
         for case_id in case_ids:
             image, label = store.read_volume(case_id)
-            image = normalize_array(image, norm, store.case(case_id).stats, case_id)
+            image = normalise_array(image, norm, store.case(case_id).stats, case_id)
             image, label = resize_slices(image, label if with_label else None, size)
             images.append(image)
             labels.append(label)
@@ -124,7 +124,7 @@ def train_variant(spec: RunSpec) -> dict[str, Any]:
         network.eval()
         scores = []
         for (image, label), info in val:
-            normalised = normalize_array(image, norm, info.stats, info.case_id)
+            normalised = normalise_array(image, norm, info.stats, info.case_id)
             scores.append(_dice_per_class(predict_slices(network, normalised, size).labels, label, num_classes))
         network.train()
         return np.mean(scores, axis=0).tolist()

@@ -22,10 +22,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cases", nargs="+", default=None, metavar="ID", help="store case ids")
     parser.add_argument("--out", required=True, help="output directory (local or s3://)")
     parser.add_argument("--probabilities", action="store_true", help="also write float32 probability maps")
-    parser.add_argument("--normalization", default=None,
-                        choices=["percentile", "window", "minmax", "zscore", "none"],
+    methods = ["percentile", "window", "minmax", "zscore", "none"]  # action_ray.io.normalise.METHODS
+    parser.add_argument("--normalisation", default=None, choices=methods,
                         help="override the intensity normalisation "
                              "(NIfTI inputs when the training store is unreachable)")
+    # the flag's spelling before the vocabulary was unified, still accepted from users' scripts
+    parser.add_argument("--normalization", dest="normalisation", choices=methods, help=argparse.SUPPRESS)
     add_inference_arguments(parser)
 
 
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.out, store_url=args.store, split=args.split, cases=args.cases,
         niftis=args.niftis or None, probabilities=args.probabilities,
         storage_options=storage_options_from(args) or None, device=args.device,
-        batch_size=args.batch_size, progress=not args.no_progress, normalization=args.normalization,
+        batch_size=args.batch_size, progress=not args.no_progress, normalisation=args.normalisation,
     )
     print(f"wrote {len(written)} file(s) to {redact(args.out)}")
     return 0

@@ -1,8 +1,8 @@
 """The data path from a volume store to Ray Train workers.
 
 * :mod:`~action_ray.data.splits` — labelled / unlabelled patients for a label ratio (pure Python).
-* :mod:`~action_ray.data.normalize`, :mod:`~action_ray.data.resize` — per-case intensity
-  normalisation from stored statistics and the vectorised resize to the training size.
+* :mod:`~action_ray.data.resize` — the vectorised resize to the training size (intensity
+  normalisation, shared with ingest and inference, is :mod:`action_ray.io.normalise`).
 * :mod:`~action_ray.data.patches` — the 3-D patch-origin grid (shared with sliding-window inference).
 * :mod:`~action_ray.data.source` — ``VolumeSliceDatasource``, a Ray Data source of slices/patches.
 * :mod:`~action_ray.data.streams` — ``build_streams``: the labelled, unlabelled and evaluation
@@ -11,7 +11,6 @@
 Only the light modules are imported here; ``source`` and ``streams`` import Ray when used.
 """
 
-from action_ray.data.normalize import NormalizationSpec, resolve_spec
 from action_ray.data.splits import LabelSplit, label_split, split_cases
 
-__all__ = ["LabelSplit", "NormalizationSpec", "label_split", "resolve_spec", "split_cases"]
+__all__ = ["LabelSplit", "label_split", "split_cases"]

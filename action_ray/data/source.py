@@ -41,10 +41,10 @@ import numpy as np
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from action_ray.data.normalize import NormalizationSpec, normalize_array, resolve_spec
 from action_ray.data.patches import patch_origins
 from action_ray.data.resize import IMAGE_MODES, resize_slices
 from action_ray.errors import ConfigError, StoreError
+from action_ray.io.normalise import NormalisationSpec, normalise_array, resolve_spec
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class VolumeSliceDatasource(Datasource):
         output_size: (H, W) every slice is resized to (slice mode only; None keeps native size,
             in which case all cases must share the in-plane size).
         image_interpolation: ``"bicubic"`` (the published order-3 resize) or ``"bilinear"``.
-        normalization: spec, dict or method name; default from the store metadata / modality.
+        normalisation: spec, dict or method name; default from the store metadata / modality.
     """
 
     def __init__(
@@ -150,7 +150,7 @@ class VolumeSliceDatasource(Datasource):
         min_tasks: int = MIN_READ_TASKS,
         output_size: Sequence[int] | None = (256, 256),
         image_interpolation: str = "bicubic",
-        normalization: NormalizationSpec | Mapping[str, Any] | str | None = None,
+        normalisation: NormalisationSpec | Mapping[str, Any] | str | None = None,
     ) -> None:
         super().__init__()
         if mode not in ("slice", "patch"):
@@ -186,7 +186,7 @@ class VolumeSliceDatasource(Datasource):
 
         # a fresh handle on the driver, so cases ingested since the last plan are visible
         store = open_store(self.store_url, storage_options=self.storage_options or None)
-        self.normalization = resolve_spec(getattr(store, "dataset_meta", {}), normalization)
+        self.normalisation = resolve_spec(getattr(store, "dataset_meta", {}), normalisation)
         self.case_table: tuple[str, ...] = tuple(dict.fromkeys(case_ids))
         entries = []
         for index, case_id in enumerate(self.case_table):
@@ -313,7 +313,7 @@ class VolumeSliceDatasource(Datasource):
             with_label=self.with_label,
             output_size=self.output_size,
             image_interpolation=self.image_interpolation,
-            normalization=self.normalization,
+            normalisation=self.normalisation,
             patch_size=self.patch_size,
             patch_stride=self.patch_stride,
         )
@@ -330,7 +330,7 @@ class _TaskContext:
     with_label: bool
     output_size: tuple[int, int] | None
     image_interpolation: str
-    normalization: NormalizationSpec
+    normalisation: NormalisationSpec
     patch_size: tuple[int, int, int] | None
     patch_stride: tuple[int, int, int] | None
 
@@ -365,7 +365,7 @@ def _read_box(ctx: _TaskContext, store, case: CaseEntry, box: tuple[slice, slice
     """One ranged read of ``box``, normalised; the label as the datasource's columns need it."""
     want_label = ctx.with_label and case.has_label
     image, label = store.read_patch(case.case_id, box)
-    image = normalize_array(image, ctx.normalization, case.stats, case.case_id)
+    image = normalise_array(image, ctx.normalisation, case.stats, case.case_id)
     if not ctx.with_label:
         return image, None
     if want_label:

@@ -27,9 +27,9 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, NamedTuple, Sequence
 
-from action_ray.data.normalize import NormalizationSpec
 from action_ray.data.splits import LabelSplit
 from action_ray.errors import ConfigError
+from action_ray.io.normalise import NormalisationSpec
 
 SHUFFLE_MODES = ("blocks", "full", "none")
 
@@ -51,7 +51,7 @@ class StreamSettings:
     patch_size: tuple[int, int, int] | None = None
     patch_stride: tuple[int, int, int] | None = None
     image_interpolation: str = "bicubic"
-    normalization: NormalizationSpec | Mapping[str, Any] | str | None = None
+    normalisation: NormalisationSpec | Mapping[str, Any] | str | None = None
     target_task_bytes: int = 16 * 2**20
     rows_per_task: int | None = None
     oversample_labelled: bool = True
@@ -75,22 +75,22 @@ class StreamSettings:
         """
         method = getattr(data_config, "normalisation", "store")
         window = getattr(data_config, "intensity_window", None)
-        normalization: NormalizationSpec | None = None
+        normalisation: NormalisationSpec | None = None
         if window is not None:
             if method not in ("store", "minmax", "percentile"):
                 raise ConfigError(
                     f"data.intensity_window is set but data.normalisation={method!r}; a window "
                     "already scales to [0, 1]: use normalisation 'store' or 'minmax' with it"
                 )
-            normalization = NormalizationSpec("window", window=(float(window[0]), float(window[1])))
+            normalisation = NormalisationSpec("window", window=(float(window[0]), float(window[1])))
         elif method != "store":
-            normalization = NormalizationSpec(method)
+            normalisation = NormalisationSpec(method)
         if getattr(data_config, "dims", 2) == 3:
             base = cls(mode="patch", output_size=None, patch_size=tuple(data_config.patch_size),
-                       normalization=normalization)
+                       normalisation=normalisation)
         else:
             size = int(getattr(data_config, "slice_size", 256))
-            base = cls(mode="slice", output_size=(size, size), normalization=normalization)
+            base = cls(mode="slice", output_size=(size, size), normalisation=normalisation)
         base = replace(base, local_shuffle_buffer_size=int(getattr(data_config, "shuffle_buffer_rows", 256)))
         return replace(base, **overrides)
 
@@ -106,7 +106,7 @@ class StreamMeta:
     labelled_repeat: int
     labelled_read_tasks: int
     unlabelled_read_tasks: int
-    normalization: dict
+    normalisation: dict
     settings: StreamSettings
     columns: tuple[str, ...] = field(default=())
 
@@ -118,7 +118,7 @@ class StreamMeta:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["settings"] = {k: (v.to_dict() if isinstance(v, NormalizationSpec) else v)
+        data["settings"] = {k: (v.to_dict() if isinstance(v, NormalisationSpec) else v)
                             for k, v in asdict(self.settings).items()}
         return data
 
@@ -160,7 +160,7 @@ def make_datasource(
         target_task_bytes=settings.target_task_bytes,
         output_size=settings.output_size,
         image_interpolation=settings.image_interpolation,
-        normalization=settings.normalization,
+        normalisation=settings.normalisation,
     )
 
 
@@ -220,7 +220,7 @@ def build_streams(
         labelled_repeat=repeat,
         labelled_read_tasks=len(labelled_source.plan_tasks()),
         unlabelled_read_tasks=len(unlabelled_source.plan_tasks()) if unlabelled_source else 0,
-        normalization=labelled_source.normalization.to_dict(),
+        normalisation=labelled_source.normalisation.to_dict(),
         settings=settings,
         columns=columns,
     )

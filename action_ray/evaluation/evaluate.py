@@ -191,7 +191,7 @@ def evaluate_run(
             "dims": settings.dims, "slice_size": settings.slice_size if settings.dims == 2 else None,
             "image_interpolation": settings.image_interpolation if settings.dims == 2 else None,
             "window": settings.window, "stride": settings.stride, "batch_size": settings.batch_size,
-            "normalization": settings.normalization.to_dict(),
+            "normalisation": settings.normalisation.to_dict(),
         },
     }
     summary = build_summary(scored.rows, classes, info)

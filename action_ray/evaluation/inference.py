@@ -1,8 +1,8 @@
 """Whole-case inference: a raw store volume in, a label map (and optionally probabilities) out.
 
 Why one module: evaluation, validation and ``predict`` must feed the network exactly what
-training fed it, so the intensity normalisation and the 2-D resize are the data layer's own
-functions (:func:`action_ray.data.normalize.normalize_array`,
+training fed it, so the intensity normalisation and the 2-D resize are the functions the
+training data path calls (:func:`action_ray.io.normalise.normalise_array`,
 :func:`action_ray.data.resize.resize_slices`), called with the run's settings, never re-implemented.
 
 * **2-D** (slice-wise, the ACDC protocol of method.md §6): normalise the case with its stored
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from action_ray.data.normalize import NormalizationSpec, normalize_array, resolve_spec
 from action_ray.data.patches import patch_origins
 from action_ray.data.resize import resize_slices
 from action_ray.data.streams import StreamSettings
 from action_ray.errors import ConfigError
+from action_ray.io.normalise import NormalisationSpec, normalise_array, resolve_spec
 
 if TYPE_CHECKING:
     from action_ray.config import Config
@@ -50,12 +50,12 @@ class InferenceSettings:
     slice_size: 2-D training slice side (slices are resized to ``slice_size``²).
     image_interpolation: the training image resize (``"bicubic"`` or ``"bilinear"``).
     window / stride: 3-D window and stride in store axis order (D, H, W).
-    normalization: the training normalisation spec, already resolved against the store.
+    normalisation: the training normalisation spec, already resolved against the store.
     batch_size: slices (2-D) or windows (3-D) per forward pass.
     """
 
     dims: int
-    normalization: NormalizationSpec
+    normalisation: NormalisationSpec
     slice_size: int = 256
     image_interpolation: str = "bicubic"
     window: tuple[int, int, int] | None = None
@@ -91,21 +91,21 @@ def inference_settings(
     dataset_meta: Mapping[str, Any] | None,
     *,
     batch_size: int | None = None,
-    normalization: Any = None,
+    normalisation: Any = None,
 ) -> InferenceSettings:
     """:class:`InferenceSettings` that reproduce the run's data path on a store's cases.
 
     The normalisation is the training one: ``data.normalisation`` / ``data.intensity_window``
     when the run set them, else the store's recipe or modality default (``dataset_meta``),
     exactly as :class:`action_ray.data.streams.StreamSettings` resolves it for training.
-    ``normalization`` overrides both (a spec, dict or method name).
+    ``normalisation`` overrides both (a spec, dict or method name).
     """
     stream = StreamSettings.from_config(config.data)
-    spec = resolve_spec(dataset_meta, normalization if normalization is not None else stream.normalization)
+    spec = resolve_spec(dataset_meta, normalisation if normalisation is not None else stream.normalisation)
     dims = config.model.dims or config.data.dims
     return InferenceSettings(
         dims=dims,
-        normalization=spec,
+        normalisation=spec,
         slice_size=config.data.slice_size,
         image_interpolation=stream.image_interpolation,
         window=tuple(config.eval_window) if dims == 3 and config.eval_window else None,
@@ -240,10 +240,10 @@ def predict_case(
     """Normalise a raw (Z, Y, X) volume with its per-case ``stats`` and run 2-D or 3-D inference.
 
     ``stats`` are the store's per-case statistics (``CaseInfo.stats``, or
-    ``store.schema.intensity_stats`` of a NIfTI volume), so every slice gets the same
+    ``io.normalise.intensity_stats`` of a NIfTI volume), so every slice gets the same
     intensity map as in training.
     """
-    normalised = normalize_array(image, settings.normalization, stats, case_id)
+    normalised = normalise_array(image, settings.normalisation, stats, case_id)
     if settings.dims == 2:
         return predict_slices(network, normalised, settings.slice_size, batch_size=settings.batch_size,
                               image_interpolation=settings.image_interpolation,

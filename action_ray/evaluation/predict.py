@@ -3,18 +3,17 @@
 Inputs are store cases (``--store``) or NIfTI files. Either way the volume goes through the
 training data path (``inference.predict_case``): store cases with their stored statistics,
 NIfTI files with the same statistics computed the way ingest computes them
-(:func:`action_ray.store.schema.intensity_stats` on the float32 volume in store orientation).
+(:func:`action_ray.io.normalise.intensity_stats` on the float32 volume in store orientation).
 
-Axis order: the store holds (Z, Y, X) = NIfTI ``data[:, :, z].T`` (ingest's
-``to_store_orientation``); a prediction goes back with the inverse transpose, so voxel
-(i, j, k) of the output is voxel (i, j, k) of the input and the input's affine applies
-unchanged. Label maps are uint8; probability maps are float32, 4-D (X, Y, Z, C), classes last
-(NIfTI-1 has no float16 type, so half precision is not offered).
+Files are read and written by :mod:`action_ray.io.nifti`, the one place that converts between
+the store's (Z, Y, X) and NIfTI's (x, y, z): voxel (i, j, k) of the output is voxel (i, j, k)
+of the input and the input's affine applies unchanged. Label maps are uint8; probability maps
+are float32, 4-D (X, Y, Z, C), classes last (NIfTI-1 has no float16 type, so half precision is
+not offered).
 """
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
 from dataclasses import dataclass
@@ -30,6 +29,8 @@ log = logging.getLogger(__name__)
 
 LABEL_SUFFIX = "_seg.nii.gz"
 PROBABILITY_SUFFIX = "_prob.nii.gz"
+#: gzip level of the written maps.
+GZIP_LEVEL = 4
 
 
 @dataclass
@@ -41,47 +42,6 @@ class InputVolume:
     stats: Mapping[str, float]
     affine: np.ndarray
     header: Any = None  # the source NIfTI header (NIfTI inputs): codes and units carried over
-
-
-def to_nifti_orientation(array: np.ndarray) -> np.ndarray:
-    """Store (Z, Y, X[, ...]) -> NIfTI (X, Y, Z[, ...]): the inverse of ingest's transpose.
-
-    A 4-D (C, Z, Y, X) probability array becomes (X, Y, Z, C), classes last.
-    """
-    if array.ndim == 3:
-        return np.ascontiguousarray(array.transpose(2, 1, 0))
-    if array.ndim == 4:
-        return np.ascontiguousarray(array.transpose(3, 2, 1, 0))
-    raise ValueError(f"expected a (Z, Y, X) or (C, Z, Y, X) array, got shape {array.shape}")
-
-
-def nifti_image(data_xyz: np.ndarray, affine: np.ndarray, source_header: Any = None):
-    """A NIfTI-1 image of ``data_xyz`` with ``affine`` as both qform and sform.
-
-    With a source header, its qform/sform codes and spatial units are kept (a scanner-frame
-    input stays scanner-frame); otherwise, and for codes/units the source leaves unset,
-    code 1 (scanner) and millimetres (what every NIfTI reader assumes anyway).
-    """
-    import nibabel as nib
-
-    image = nib.Nifti1Image(data_xyz, np.asarray(affine, dtype=np.float64))
-    image.set_data_dtype(data_xyz.dtype)
-    qcode = scode = 1
-    units = "mm"
-    if source_header is not None:
-        qcode = int(source_header["qform_code"]) or 1
-        scode = int(source_header["sform_code"]) or 1
-        source_units = source_header.get_xyzt_units()[0]
-        units = source_units if source_units not in ("unknown", None, "") else "mm"
-    image.set_qform(affine, code=qcode)
-    image.set_sform(affine, code=scode)
-    image.header.set_xyzt_units(xyz=units)
-    return image
-
-
-def nifti_bytes(image) -> bytes:
-    """Gzipped NIfTI bytes (written through fsspec, so ``s3://`` outputs work too)."""
-    return gzip.compress(image.to_bytes(), compresslevel=4)
 
 
 def _stem(path: str) -> str:
@@ -101,28 +61,23 @@ def store_volumes(store, case_ids: Sequence[str]) -> Iterator[InputVolume]:
 
 
 def nifti_volumes(paths: Sequence[str], storage_options: Mapping[str, Any] | None) -> Iterator[InputVolume]:
-    """Volumes of NIfTI files (local or remote), validated and reoriented as ingest does."""
-    from action_ray.errors import CaseError
-    from action_ray.ingest.validate import check_image, read_nifti, to_store_orientation
-    from action_ray.store.schema import intensity_stats
+    """Volumes of NIfTI files (local or remote), read, checked and reoriented as ingest does."""
+    from action_ray.io.checks import check_image
+    from action_ray.io.nifti import read_scan
+    from action_ray.io.normalise import intensity_stats
 
     for path in paths:
         fs, fs_path = filesystem_for(path, storage_options)
-        img, _ = read_nifti(fs, fs_path)
-        data = np.asanyarray(img.dataobj)
-        while data.ndim > 3 and data.shape[-1] == 1:
-            data = data[..., 0]
-        if data.ndim != 3:
-            raise CaseError(f"{path}: {data.ndim}-D image of shape {data.shape}; "
-                            "predict takes single-channel 3-D volumes")
-        image = to_store_orientation(check_image(data, path))
-        yield InputVolume(_stem(path), image, intensity_stats(image), np.asarray(img.affine, dtype=np.float64),
-                          img.header)
+        scan = read_scan(fs, fs_path, dtype=np.float32)
+        image = check_image(scan.voxels, path)
+        yield InputVolume(_stem(path), image, intensity_stats(image), scan.affine, scan.header)
 
 
 def write_prediction(out_dir: str, volume: InputVolume, labels: np.ndarray, probabilities: np.ndarray | None,
                      storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Write ``<name>_seg.nii.gz`` (uint8) and, if given, ``<name>_prob.nii.gz`` (float32, classes last)."""
+    from action_ray.io.nifti import nifti_bytes, nifti_image
+
     fs, root = filesystem_for(out_dir, storage_options)
     fs.makedirs(root, exist_ok=True)
     written = []
@@ -132,19 +87,19 @@ def write_prediction(out_dir: str, volume: InputVolume, labels: np.ndarray, prob
     for suffix, array in outputs:
         path = f"{root.rstrip('/')}/{volume.name}{suffix}"
         with fs.open(path, "wb") as handle:
-            handle.write(nifti_bytes(nifti_image(to_nifti_orientation(array), volume.affine, volume.header)))
+            handle.write(nifti_bytes(nifti_image(array, volume.affine, volume.header), GZIP_LEVEL))
         written.append(with_protocol(str(out_dir), path))
     return written
 
 
-def _settings_for_niftis(config, storage_options, batch_size, normalization) -> InferenceSettings:
+def _settings_for_niftis(config, storage_options, batch_size, normalisation) -> InferenceSettings:
     """Inference settings for files outside any store: the run's normalisation, resolved
     against the *training* store's recipe when the run defers to it."""
     from action_ray.data.streams import StreamSettings
 
-    explicit = normalization if normalization is not None else StreamSettings.from_config(config.data).normalization
+    explicit = normalisation if normalisation is not None else StreamSettings.from_config(config.data).normalisation
     if explicit is not None:
-        return inference_settings(config, None, batch_size=batch_size, normalization=explicit)
+        return inference_settings(config, None, batch_size=batch_size, normalisation=explicit)
     from action_ray.store import open_store
 
     try:
@@ -155,7 +110,7 @@ def _settings_for_niftis(config, storage_options, batch_size, normalization) -> 
     if meta is None:
         raise ConfigError(
             f"the run normalises intensities with its store's recipe, but the training store "
-            f"{redact(config.data.store)!r} cannot be opened from here; pass --normalization METHOD "
+            f"{redact(config.data.store)!r} cannot be opened from here; pass --normalisation METHOD "
             "(percentile, window, minmax, zscore, none) matching the training data, or --store"
         )
     return inference_settings(config, meta, batch_size=batch_size)
@@ -189,13 +144,13 @@ def predict_cases(
     device: str = "cpu",
     batch_size: int | None = None,
     progress: bool = True,
-    normalization: str | None = None,
+    normalisation: str | None = None,
 ) -> list[str]:
     """Write NIfTI label maps (uint8, the source's affine) for store cases or NIfTI files.
 
     checkpoint: a run directory (its last checkpoint is used) or a checkpoint directory, local
     or ``s3://``. Give either ``store_url`` (with ``cases`` ids, or every case of ``split``,
-    or every case) or ``niftis`` (paths or URLs). ``normalization`` overrides the intensity
+    or every case) or ``niftis`` (paths or URLs). ``normalisation`` overrides the intensity
     normalisation method (only needed for NIfTI inputs when the training store is unreachable).
     Returns the written paths: ``<out_dir>/<case>_seg.nii.gz`` and, with ``probabilities``,
     ``<case>_prob.nii.gz``.
@@ -217,11 +172,11 @@ def predict_cases(
             where = f" in split {split!r}" if split else ""
             raise ConfigError(f"store {redact(store_url)} has no complete case{where}")
         settings = inference_settings(student.config, store.dataset_meta, batch_size=batch_size,
-                                      normalization=normalization)
+                                      normalisation=normalisation)
         volumes: Iterator[InputVolume] = store_volumes(store, ids)
         total = len(ids)
     else:
-        settings = _settings_for_niftis(student.config, options, batch_size, normalization)
+        settings = _settings_for_niftis(student.config, options, batch_size, normalisation)
         volumes = nifti_volumes(list(niftis or []), options)
         total = len(niftis or [])
     return predict_volumes(student.network, volumes, settings, str(out_dir), probabilities=probabilities,

@@ -3,7 +3,7 @@
 Modules, one job each:
 
 * :mod:`~action_ray.ingest.layouts`  – find cases in ACDC / LiTS / MSD (nnU-Net) / folder+CSV layouts;
-* :mod:`~action_ray.ingest.validate` – read one NIfTI pair from any filesystem and reject bad input;
+* :mod:`~action_ray.ingest.validate` – load one NIfTI pair (through :mod:`action_ray.io.nifti`) and reject bad input;
 * :mod:`~action_ray.ingest.splits`   – train/val/test by patient (split file or seeded 70/10/20);
 * :mod:`~action_ray.ingest.runner`   – one dask task per case, resumable, with a summary table;
 * the verb itself is :mod:`action_ray.commands.ingest`.

@@ -29,6 +29,7 @@ from action_ray.errors import ActionRayError, CaseError, StoreError
 from action_ray.ingest.layouts import Collection, SourceCase, discover
 from action_ray.ingest.splits import assign_splits
 from action_ray.ingest.validate import AFFINE_TOLERANCE_MM, load_case
+from action_ray.io.normalise import BLOCK_KEY
 from action_ray.ray_session import current_node
 from action_ray.recipes import DEFAULT_RECIPE_FOR_LAYOUT, Recipe, load_recipe, load_split_file
 from action_ray.urls import filesystem_for, is_remote, redact, storage_advice
@@ -165,14 +166,10 @@ def recipe_hint(options: IngestOptions) -> str | None:
     ``action-ray synth`` writes it, so phantoms in ACDC/LiTS layout are ingested with their own
     recipe (classes, normalisation, seeded 70/10/20 split) and not with the real dataset's.
     """
-    from action_ray.synth.collection import RECIPE_HINT_FILE
+    from action_ray.io.recipe_hint import read_recipe_hint
 
     fs, root = filesystem_for(options.src, options.storage_options)
-    try:
-        text = fs.cat_file(f"{root.rstrip('/')}/{RECIPE_HINT_FILE}").decode().strip()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-    return text or None
+    return read_recipe_hint(fs, root)
 
 
 def resolve_recipe(options: IngestOptions) -> Recipe:
@@ -248,7 +245,7 @@ def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> In
     store = create_store(options.dst, name=collection.name or recipe.name, modality=modality, layout=options.layout,
                          classes=classes, storage_options=options.storage_options, exist_ok=True,
                          extra={"recipe": recipe.name,
-                                "normalisation": recipe.normalisation.model_dump(exclude_none=True)})
+                                BLOCK_KEY: recipe.normalisation.to_dict()})
     leftovers = store.remove_incomplete()
     if leftovers:
         notes.append(f"removed {len(leftovers)} incomplete case(s) left by an interrupted run: "

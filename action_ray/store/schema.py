@@ -95,7 +95,7 @@ class CaseInfo:
     spacing: tuple[float, float, float]
     affine: list[list[float]]
     source: dict
-    stats: dict
+    stats: dict  # action_ray.io.normalise.intensity_stats of the image
     label_counts: dict | None
     extra: dict
     #: chunks holding data per array (``{"image": n, "label": m}``), recorded at write time so that
@@ -182,22 +182,6 @@ def stored_chunk_count(data: np.ndarray, chunks: tuple[int, ...], fill_value: fl
     padded[tuple(slice(0, s) for s in occupied.shape)] = occupied
     blocks = padded.reshape([v for n, c in zip(grid, chunks) for v in (n, c)])
     return int(blocks.any(axis=tuple(range(1, 2 * len(chunks), 2))).sum())
-
-
-def intensity_stats(image: np.ndarray) -> dict[str, float]:
-    """min, max, mean, std and the 0.5 / 99.5 percentiles, the usual CT/MR clipping bounds.
-
-    Computed in float64 so that large volumes do not lose precision in the sums.
-    """
-    p_lo, p_hi = np.percentile(image, [0.5, 99.5])
-    return {
-        "min": float(image.min()),
-        "max": float(image.max()),
-        "mean": float(image.mean(dtype=np.float64)),
-        "std": float(image.std(dtype=np.float64)),
-        "p0_5": float(p_lo),
-        "p99_5": float(p_hi),
-    }
 
 
 def label_voxel_counts(label: np.ndarray, classes: dict[int, str]) -> dict[str, int]:

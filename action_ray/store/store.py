@@ -21,6 +21,7 @@ import numpy as np
 
 from action_ray import __version__
 from action_ray.errors import CaseError, StoreError
+from action_ray.io.normalise import intensity_stats
 from action_ray.store import ome
 from action_ray.store.catalog import Catalog
 from action_ray.store.codecs import (
@@ -29,8 +30,7 @@ from action_ray.store.codecs import (
 from action_ray.store.schema import (
     ATTRS_KEY, AXES, CASES_GROUP, FORMAT_VERSION, IMAGE_ARRAY, LABEL_ARRAY, LABEL_IMAGE_NAME,
     LABELS_GROUP, CaseInfo, CaseMeta, case_attrs, case_key, check_case_id, classes_from_attrs,
-    dataset_attrs, info_from_attrs, intensity_stats, label_voxel_counts, stored_chunk_count,
-    validate_meta,
+    dataset_attrs, info_from_attrs, label_voxel_counts, stored_chunk_count, validate_meta,
 )
 from action_ray.urls import (
     filesystem_for, is_remote, redact, secret_option_values, storage_advice, storage_options_from_env,

@@ -15,9 +15,9 @@ from action_ray.errors import ActionRayError
 
 KINDS = ("cardiac", "liver")
 
-#: A file at the collection root naming its dataset recipe; ``action-ray ingest`` reads it, so
-#: phantoms get their own classes, normalisation and 70/10/20 split rather than real ACDC's.
-RECIPE_HINT_FILE = "action-ray-recipe.txt"
+#: The recipe each kind is ingested with, named in the collection's recipe hint
+#: (:mod:`action_ray.io.recipe_hint`), so phantoms get their own classes, normalisation and
+#: 70/10/20 split rather than real ACDC's.
 RECIPE_FOR_KIND = {"cardiac": "phantom-cardiac", "liver": "phantom-liver"}
 
 #: A file at the collection root recording what generated it (kind, seed, size). Resuming skips
@@ -164,6 +164,7 @@ def write_collection(request: CollectionRequest, progress: bool = True) -> Colle
     from tqdm import tqdm
 
     from action_ray.files import write_atomic
+    from action_ray.io.recipe_hint import RECIPE_HINT_FILE, recipe_hint_bytes
 
     check_request(request)
     out = request.out
@@ -174,7 +175,7 @@ def write_collection(request: CollectionRequest, progress: bool = True) -> Colle
     _remove_stale_parts(out)
     manifest = check_manifest(out, request.kind, request.seed, request.size)
     for path, content in ((out / MANIFEST_FILE, manifest),
-                          (out / RECIPE_HINT_FILE, (RECIPE_FOR_KIND[request.kind] + "\n").encode())):
+                          (out / RECIPE_HINT_FILE, recipe_hint_bytes(RECIPE_FOR_KIND[request.kind]))):
         if not path.exists() or path.read_bytes() != content:  # unchanged files keep their mtime
             write_atomic(path, content)
     pending = [i for i in range(request.cases) if not _is_complete(request.kind, out, i)]

@@ -6,41 +6,36 @@
 
 Every file is written atomically (a temporary name in the same folder, then ``os.replace``),
 so a killed run never leaves a half-written NIfTI, and "all files of a case exist" means the
-case is complete, which is what makes ``action-ray synth`` resumable. Gzip output uses
-``mtime=0`` so the bytes depend only on the data (identical files for any ``--workers``).
+case is complete, which is what makes ``action-ray synth`` resumable. Gzip output has no
+time stamp (:func:`action_ray.io.nifti.nifti_bytes`), so the bytes depend only on the data
+(identical files for any ``--workers``).
 """
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from action_ray.files import write_atomic
+from action_ray.io.nifti import affine_from_spacing, nifti_bytes, nifti_image
 from action_ray.synth.cardiac import CardiacCase
 from action_ray.synth.liver import LiverCase
 
+#: gzip level of the ACDC-layout ``.nii.gz`` files.
+GZIP_LEVEL = 6
 
-def nifti_bytes(volume_zyx: np.ndarray, spacing_zyx: tuple[float, float, float], gzipped: bool) -> bytes:
-    """Serialise a ``(Z, Y, X)`` array as a NIfTI-1 file with spacing on the affine diagonal.
 
-    NIfTI's voxel axes are (i, j, k) = (x, y, z), so the array is transposed to ``(X, Y, Z)``;
-    the affine is ``diag(dx, dy, dz, 1)`` and ``pixdim`` carries the same spacing.
+def phantom_file_bytes(volume_zyx: np.ndarray, spacing_zyx: tuple[float, float, float], gzipped: bool) -> bytes:
+    """A ``(Z, Y, X)`` phantom volume as NIfTI-1 bytes on an axis-aligned grid of ``spacing_zyx``.
+
+    The affine is ``diag(dx, dy, dz, 1)`` (:func:`action_ray.io.nifti.affine_from_spacing`);
+    the axis order and the header are :mod:`action_ray.io.nifti`'s, as for every file action-ray writes.
     """
     if volume_zyx.ndim != 3:
-        raise ValueError(f"nifti_bytes: expected a (Z, Y, X) volume, got shape {volume_zyx.shape}")
-    dz, dy, dx = (float(v) for v in spacing_zyx)
-    data = np.ascontiguousarray(volume_zyx.transpose(2, 1, 0))
-    affine = np.diag([dx, dy, dz, 1.0])
-    image = nib.Nifti1Image(data, affine)
-    image.header.set_zooms((dx, dy, dz))
-    image.header.set_xyzt_units("mm")
-    image.set_qform(affine, code=1)
-    image.set_sform(affine, code=1)
-    raw = image.to_bytes()
-    return gzip.compress(raw, compresslevel=6, mtime=0) if gzipped else raw
+        raise ValueError(f"phantom_file_bytes: expected a (Z, Y, X) volume, got shape {volume_zyx.shape}")
+    image = nifti_image(volume_zyx, affine_from_spacing(spacing_zyx))
+    return nifti_bytes(image, compresslevel=GZIP_LEVEL if gzipped else None)
 
 
 def acdc_patient_dir(out: Path, index: int) -> Path:
@@ -88,7 +83,7 @@ def write_acdc_patient(out: Path, index: int, case: CardiacCase) -> list[Path]:
     paths[0].parent.mkdir(parents=True, exist_ok=True)
     volumes = (case.ed_image, case.ed_label, case.es_image, case.es_label)
     for path, volume in zip(paths, volumes):
-        write_atomic(path, nifti_bytes(volume, case.spacing, gzipped=True))
+        write_atomic(path, phantom_file_bytes(volume, case.spacing, gzipped=True))
     write_atomic(paths[-1], acdc_info_text(case).encode())
     return paths
 
@@ -107,6 +102,6 @@ def write_lits_case(out: Path, index: int, case: LiverCase) -> list[Path]:
     paths = lits_files(out, index)
     Path(out).mkdir(parents=True, exist_ok=True)
     # The label goes first: the image's presence then implies a complete pair.
-    write_atomic(paths[1], nifti_bytes(case.label, case.spacing, gzipped=False))
-    write_atomic(paths[0], nifti_bytes(case.image, case.spacing, gzipped=False))
+    write_atomic(paths[1], phantom_file_bytes(case.label, case.spacing, gzipped=False))
+    write_atomic(paths[0], phantom_file_bytes(case.image, case.spacing, gzipped=False))
     return paths
