@@ -220,11 +220,15 @@ def test_cli_arguments_feed_load_config():
 def test_head_sizes_match_the_model_packages_names():
     from action_ray.model import HeadSizes, MODEL_PRESETS
 
+    # published: 2-D d_g 512 / P 8 / rep 512; 3-D d_g 128 / P 4 / rep 128 (method.md §7)
     paper = Config().model.head_sizes()
-    assert HeadSizes(**paper) == MODEL_PRESETS["paper"].heads(2)
-    assert HeadSizes(**load_config("la-3d", []).model.head_sizes()) == MODEL_PRESETS["paper"].heads(3)
+    assert HeadSizes(**paper) == HeadSizes(global_hidden=256, global_dim=512, global_pool=1, local_pool=8,
+                                           representation_dim=512)
+    assert HeadSizes(**load_config("la-3d", []).model.head_sizes()) == HeadSizes(
+        global_hidden=128, global_dim=128, global_pool=1, local_pool=4, representation_dim=128)
     demo = load_config("cpu-demo", [])
-    assert HeadSizes(**demo.model.head_sizes()) == MODEL_PRESETS["cpu"].heads(2)
+    assert HeadSizes(**demo.model.head_sizes()) == HeadSizes(
+        global_hidden=128, global_dim=128, global_pool=1, local_pool=4, representation_dim=64)
     assert MODEL_PRESETS[demo.model.preset_or_widths].widths == (8, 16, 32, 64, 128)
 
 
