@@ -69,13 +69,6 @@ class MemoryBank(nn.Module):
         self.register_buffer("keys", _seeded_unit_keys((self.size, *self.key_shape), seed), persistent=True)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=True)
 
-    @classmethod
-    def from_batches(cls, bank_batches: int, global_batch: int, dim: int | Sequence[int], **kwargs) -> "MemoryBank":
-        """A bank holding the keys of the last ``bank_batches`` global batches (published: 6 x 6)."""
-        if bank_batches < 1 or global_batch < 1:
-            raise ValueError(f"bank_batches and global_batch must be >= 1, got {bank_batches}, {global_batch}")
-        return cls(bank_batches * global_batch, dim, **kwargs)
-
     def normalized_keys(self) -> torch.Tensor:
         """(K, *dim) keys, L2-normalised along the last axis; a new tensor, never the buffer."""
         return F.normalize(self.keys, dim=-1)
