@@ -4,6 +4,8 @@
 * :mod:`~action_ray.data.normalize`, :mod:`~action_ray.data.resize` — per-case intensity
   normalisation from stored statistics and the vectorised resize to the training size.
 * :mod:`~action_ray.data.patches` — the 3-D patch-origin grid (shared with sliding-window inference).
+* :mod:`~action_ray.data.labels` — the uint8 "no label" value of label streams and its conversion
+  to the losses' ``IGNORE_LABEL`` (``loss_targets``).
 * :mod:`~action_ray.data.source` — ``VolumeSliceDatasource``, a Ray Data source of slices/patches.
 * :mod:`~action_ray.data.streams` — ``build_streams``: the labelled and unlabelled training
   Datasets of a run (evaluation reads whole volumes from the store, not a stream).
