@@ -43,9 +43,9 @@ class MemoryBank(nn.Module):
     ``dim`` is an int for the global bank (keys (K, D)) or a tuple for the per-position local
     bank (``dim=(P, D)``, keys (K, P, D)). Buffers: ``keys`` and ``ptr`` (next row to write).
 
-    Read with `normalized_keys()` (a fresh tensor, safe to keep in the autograd graph while the
-    bank is updated in place afterwards); write with `enqueue` after the losses are computed, so
-    the bank never holds the current samples.
+    The steps read a snapshot, ``keys.clone()`` (``train.steps.pretrain``), and the losses
+    normalise it; they write with `enqueue` after the losses are computed, so the bank never holds
+    the current samples.
     """
 
     keys: torch.Tensor
@@ -68,17 +68,6 @@ class MemoryBank(nn.Module):
         self.check_sizes = check_sizes
         self.register_buffer("keys", _seeded_unit_keys((self.size, *self.key_shape), seed), persistent=True)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long), persistent=True)
-
-    @classmethod
-    def from_batches(cls, bank_batches: int, global_batch: int, dim: int | Sequence[int], **kwargs) -> "MemoryBank":
-        """A bank holding the keys of the last ``bank_batches`` global batches (published: 6 x 6)."""
-        if bank_batches < 1 or global_batch < 1:
-            raise ValueError(f"bank_batches and global_batch must be >= 1, got {bank_batches}, {global_batch}")
-        return cls(bank_batches * global_batch, dim, **kwargs)
-
-    def normalized_keys(self) -> torch.Tensor:
-        """(K, *dim) keys, L2-normalised along the last axis; a new tensor, never the buffer."""
-        return F.normalize(self.keys, dim=-1)
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

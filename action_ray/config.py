@@ -616,11 +616,6 @@ class Config(_Section):
         data["train"]["num_workers"] = num_workers
         return config_from_dict(data, "with_workers")
 
-    def bank_size(self) -> int:
-        """K of the global distillation bank for this job (§3.4: bank_batches × global batch)."""
-        global_batch = self.data.pretrain_batch * max(1, self.train.num_workers)
-        return self.distill.resolved_bank_size(global_batch)
-
     # ---- persistence
     def to_dict(self, redact_secrets: bool = True) -> dict[str, Any]:
         """Plain JSON-compatible dict; credentials in storage_options masked unless asked not to."""

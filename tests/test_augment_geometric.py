@@ -9,7 +9,6 @@ from action_ray.augment import (
     random_rot_flip,
     random_rotation,
     rot_flip,
-    rot_flip_inverse,
     rotate,
 )
 
@@ -27,6 +26,12 @@ def test_rot_flip_matches_torch_rot90_and_flip_per_image():
     for i in range(8):
         assert torch.equal(out[i], _reference(images[i], i))
         assert torch.equal(out_labels[i], _reference(labels[i], i))
+
+
+def rot_flip_inverse(ids: torch.Tensor) -> torch.Tensor:
+    """Ids of the inverse transforms: rotations invert to (4 - k) mod 4, mirrors to themselves."""
+    k, flip = ids % 4, ids // 4
+    return torch.where(flip == 1, ids, (4 - k) % 4)
 
 
 def test_rot_flip_is_exactly_invertible_2d_and_3d():

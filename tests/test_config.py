@@ -29,7 +29,8 @@ def test_defaults_are_the_papers_section_9_values():
     d = cfg.distill
     assert (d.student_temperature, d.teacher_temperature) == (0.1, 0.01)
     assert (d.global_weight, d.local_weight) == (1.0, 1.0)
-    assert d.bank_batches == 6 and d.bank_size is None and cfg.bank_size() == 36  # K = 36
+    assert d.bank_batches == 6 and d.bank_size is None
+    assert d.resolved_bank_size(cfg.data.pretrain_batch) == 36  # K = 36 on one worker
     assert d.jitter_range == (0.8, 1.2) and d.blur_sigma == (0.15, 1.15)
     f = cfg.ft
     assert (f.strong_threshold, f.weak_threshold, f.anco_temperature) == (0.97, 0.7, 0.5)
@@ -61,7 +62,7 @@ def test_overrides_parse_yaml_scalars_and_lists():
 def test_override_of_one_key_of_a_pair_clears_the_other():
     cfg = load_config("acdc-2d", ["data.label_ratio=0.1", "distill.bank_size=100", "model.widths=[4,8,16,32,64]"])
     assert cfg.data.label_ratio == 0.1 and cfg.data.labelled_patients is None
-    assert cfg.bank_size() == 100 and cfg.distill.bank_batches is None
+    assert cfg.distill.resolved_bank_size(cfg.data.pretrain_batch) == 100 and cfg.distill.bank_batches is None
     assert cfg.model.preset_or_widths == (4, 8, 16, 32, 64)
     with pytest.raises(ConfigError, match="conflict"):
         load_config(None, ["data.label_ratio=0.1", "data.labelled_patients=3"])
@@ -165,12 +166,14 @@ def test_preset_values():
     assert demo.train.num_workers == 2 and demo.train.cpus_per_worker == 0.5
     assert all(demo.stage(s).iterations <= 300 for s in demo.stages)
     acdc = load_config("acdc-2d", [])
-    assert acdc.distill.teacher_temperature == 0.01 and acdc.bank_size() == 36
+    assert acdc.train.num_workers == 1 and acdc.distill.teacher_temperature == 0.01
+    assert acdc.distill.resolved_bank_size(acdc.data.pretrain_batch) == 36
     assert acdc.train.use_gpu and acdc.stage("p2").iterations == 30000
     la = load_config("la-3d", [])
     assert la.data.dims == 3 and la.model.dims == 3 and la.data.patch_size == (80, 112, 112)
     assert la.distill.teacher_temperature == 0.6 and la.model.global_dim == 128
-    assert la.bank_size() == 36 and la.eval_window == (80, 112, 112) and la.ft.mix == "classmix"
+    assert la.train.num_workers == 1 and la.distill.resolved_bank_size(la.data.pretrain_batch) == 36
+    assert la.eval_window == (80, 112, 112) and la.ft.mix == "classmix"
 
 
 def test_hash_is_stable_and_ignores_bookkeeping():
@@ -198,7 +201,7 @@ def test_pretty_lists_every_key_and_marks_changes():
 
 def test_resolved_values():
     cfg = load_config(None, ["train.num_workers=4", "data.pretrain_labelled_batch=2"])
-    assert cfg.bank_size() == 6 * (2 + 3) * 4
+    assert cfg.distill.resolved_bank_size(cfg.data.pretrain_batch * cfg.train.num_workers) == 6 * (2 + 3) * 4
     assert cfg.train.resolved_backend == "gloo"
     assert cfg.train.resolved_storage_path.startswith("/")
     assert load_config(None, ["train.storage_path=s3://b/runs"]).train.resolved_storage_path == "s3://b/runs"
@@ -220,11 +223,15 @@ def test_cli_arguments_feed_load_config():
 def test_head_sizes_match_the_model_packages_names():
     from action_ray.model import HeadSizes, MODEL_PRESETS
 
+    # published: 2-D d_g 512 / P 8 / rep 512; 3-D d_g 128 / P 4 / rep 128 (method.md §7)
     paper = Config().model.head_sizes()
-    assert HeadSizes(**paper) == MODEL_PRESETS["paper"].heads(2)
-    assert HeadSizes(**load_config("la-3d", []).model.head_sizes()) == MODEL_PRESETS["paper"].heads(3)
+    assert HeadSizes(**paper) == HeadSizes(global_hidden=256, global_dim=512, global_pool=1, local_pool=8,
+                                           representation_dim=512)
+    assert HeadSizes(**load_config("la-3d", []).model.head_sizes()) == HeadSizes(
+        global_hidden=128, global_dim=128, global_pool=1, local_pool=4, representation_dim=128)
     demo = load_config("cpu-demo", [])
-    assert HeadSizes(**demo.model.head_sizes()) == MODEL_PRESETS["cpu"].heads(2)
+    assert HeadSizes(**demo.model.head_sizes()) == HeadSizes(
+        global_hidden=128, global_dim=128, global_pool=1, local_pool=4, representation_dim=64)
     assert MODEL_PRESETS[demo.model.preset_or_widths].widths == (8, 16, 32, 64, 128)
 
 

@@ -8,7 +8,8 @@ from ray.data.block import BlockAccessor
 
 from action_ray.data.resize import resize_slices
 from action_ray.data.patches import axis_origins
-from action_ray.data.source import IGNORE_LABEL, VolumeSliceDatasource, z_chunk_of
+from action_ray.data.labels import NO_LABEL_UINT8
+from action_ray.data.source import VolumeSliceDatasource, z_chunk_of
 from action_ray.io.normalise import NormalisationSpec, normalise_array
 from action_ray.store import CaseMeta, create_store
 
@@ -65,7 +66,7 @@ def test_read_tasks_return_exactly_the_stored_slices_normalised(store_and_volume
         np.testing.assert_array_equal(image[0], expected_image(store, volumes, case_id)[z])
         stored_label = volumes[case_id][1]
         if stored_label is None:
-            assert np.all(label == IGNORE_LABEL)
+            assert np.all(label == NO_LABEL_UINT8)
         else:
             np.testing.assert_array_equal(label, stored_label[z])
     assert seen == {(c, z) for c, s in SHAPES.items() for z in range(s[0])}
@@ -117,7 +118,7 @@ def test_patch_mode_returns_the_right_patches(store_and_volumes):
         box = (slice(z, z + patch[0]), slice(y, y + patch[1]), slice(x, x + patch[2]))
         np.testing.assert_array_equal(image[0], expected_image(store, volumes, case_id)[box])
         if case_id == "c3":
-            assert np.all(label == IGNORE_LABEL)
+            assert np.all(label == NO_LABEL_UINT8)
         else:
             np.testing.assert_array_equal(label, volumes[case_id][1][box])
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 
-from action_ray.data.splits import label_split
+from action_ray.data.splits import LabelSplit, label_split
 from action_ray.data.source import VolumeSliceDatasource
-from action_ray.data.streams import StreamSettings, build_eval_stream, build_streams, dataset_from_source
+from action_ray.data.streams import StreamSettings, build_streams, dataset_from_source
 from action_ray.errors import ConfigError
 from test_data_source import SHAPES, make_store  # tests/ is on sys.path (pytest rootdir conftest)
 
@@ -97,13 +98,17 @@ def test_build_streams_oversamples_labelled_and_shards_equally(ray_cluster, stor
     assert len(got[0]) + len(got[1]) >= unlabelled_rows - 1  # equal=True may drop one odd row
 
 
-def test_eval_stream_is_ordered_and_labelled(ray_cluster, store):
-    dataset, table = build_eval_stream(store.url, None, ["c2", "c0"], output_size=None)
-    rows = epoch_rows(dataset)
-    assert table == ("c2", "c0")
-    assert rows == [(0, z) for z in range(7)] + [(1, z) for z in range(5)]
-    with pytest.raises(ConfigError, match="no complete cases in split 'val'"):
-        build_eval_stream(store.url, None)
+def test_labelled_stream_keeps_the_split_case_order_and_the_stored_labels(ray_cluster, store):
+    split = LabelSplit(seed=0, label_ratio=None, num_labelled_patients=2, labelled_patients=("patient2", "patient0"),
+                       unlabelled_patients=(), labelled_cases=("c2", "c0"), unlabelled_cases=())
+    streams = build_streams(store.url, None, split, output_size=None)
+    assert streams.unlabelled is None and streams.meta.labelled_case_table == ("c2", "c0")
+    rows = []
+    for batch in streams.labelled.iter_batches(batch_size=5, batch_format="numpy"):
+        for label, case, z in zip(batch["label"], batch["case"], batch["z"]):
+            np.testing.assert_array_equal(label, store.read_slice(split.labelled_cases[case], int(z))[1])
+            rows.append((int(case), int(z)))
+    assert sorted(rows) == [(0, z) for z in range(7)] + [(1, z) for z in range(5)]  # every slice once
 
 
 def test_settings_from_the_run_config():

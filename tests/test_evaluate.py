@@ -152,6 +152,9 @@ def test_evaluate_cli_best_checkpoint_and_errors(tiny, tmp_path, capsys):
     # no best checkpoint kept -> a one-line error naming what to do
     assert main(["evaluate", str(run_dir), "--store", store.url, "--checkpoint", "best", "--out", str(out)]) == 2
     assert "no best-on-validation checkpoint" in capsys.readouterr().err
+    # a split without cases -> a one-line error naming it
+    assert main(["evaluate", str(run_dir), "--store", store.url, "--split", "train", "--out", str(out)]) == 2
+    assert "no complete case in split 'train'" in capsys.readouterr().err
     best = tmp_path / "run-with-best"
     config = tiny_config(store.url)
     save_run(best, config)

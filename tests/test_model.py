@@ -6,13 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from action_ray.config import load_config
 from action_ray.errors import ConfigError
 from action_ray.model import (
     MODEL_PRESETS,
     ActionModel,
     UNet2d,
     UNet3d,
-    build_action_model,
     build_unet,
     ema_buffers_,
     ema_update_,
@@ -22,11 +22,18 @@ from action_ray.model import (
     patch_starts,
     pooled_local_patches,
 )
+from action_ray.train.state import build_model, build_state, handoff_p1_to_p2, handoff_p2_to_ft
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def model_from_config(num_classes: int, preset: str | None = "cpu-demo", *overrides: str) -> ActionModel:
+    """The `ActionModel` of a packaged config, built the way training builds it
+    (``train.state.build_model``); ``preset=None`` is the paper's default config."""
+    return build_model(load_config(preset, list(overrides)), num_classes)
 
 
 def test_paper_unet2d_shapes_and_feature_channels():
@@ -94,7 +101,7 @@ def test_channels_last_matches_contiguous():
     net_cl = net.to(memory_format=torch.channels_last)
     out = net_cl(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-5)
-    model = build_action_model("cpu", 4).to(memory_format=torch.channels_last)
+    model = model_from_config(4).to(memory_format=torch.channels_last)
     o = model.student(x.to(memory_format=torch.channels_last))
     rep = model.representation_head(o.features, x.shape[2:])
     z = model.global_q(o.bottleneck)
@@ -103,7 +110,7 @@ def test_channels_last_matches_contiguous():
 
 
 def test_head_shapes_paper_2d_and_3d():
-    model = build_action_model("paper", num_classes=4)
+    model = model_from_config(4, None)
     out = model.student(torch.randn(2, 1, 32, 32))
     assert model.global_predictor(model.global_q(out.bottleneck)).shape == (2, 512)
     assert model.global_k(out.bottleneck).shape == (2, 512)
@@ -114,7 +121,7 @@ def test_head_shapes_paper_2d_and_3d():
     assert rep.shape == (1, 512, 32, 32)
     assert model.representation_head.conv1.bias is None
 
-    model3 = build_action_model("paper", num_classes=2, dims=3).eval()  # eval: 1-voxel bottleneck
+    model3 = model_from_config(2, "la-3d").eval()  # eval: 1-voxel bottleneck
     out3 = model3.student(torch.randn(1, 1, 16, 16, 16))
     assert model3.global_q(out3.bottleneck).shape == (1, 128)
     cubes = extract_local_patches(out3.logits, cut=8, stride=4)
@@ -123,7 +130,7 @@ def test_head_shapes_paper_2d_and_3d():
 
 
 def test_heads_are_purely_linear():
-    model = build_action_model("cpu", num_classes=4)
+    model = model_from_config(4)
     x = torch.randn(3, 128, 4, 4)
     head = model.global_q
     # affine maps: f(2x - y) = 2 f(x) - f(y); f(3p) - f(0) = 3 (f(p) - f(0))
@@ -239,7 +246,7 @@ def test_ema_buffers_averages_running_stats_and_copies_counters():
 
 
 def test_action_model_teacher_never_gets_grads_and_ema_heads_follow():
-    model = build_action_model("cpu", num_classes=4, teacher_head="ema")
+    model = model_from_config(4, "cpu-demo", "distill.teacher_head=ema")
     groups = model.param_groups("p2")
     opt = torch.optim.SGD(groups, lr=0.1)
     x = torch.randn(2, 1, 32, 32)
@@ -261,8 +268,8 @@ def test_action_model_teacher_never_gets_grads_and_ema_heads_follow():
 
 
 def test_grad_mode_is_the_default_and_trains_k_heads_through_target():
-    assert build_action_model("cpu", num_classes=4).teacher_head == "grad"
-    model = build_action_model("cpu", num_classes=4, teacher_head="grad")
+    assert model_from_config(4).teacher_head == "grad"
+    model = model_from_config(4, "cpu-demo", "distill.teacher_head=grad")
     names = {id(p) for p in model.param_groups("p1")[1]["params"]}
     assert all(id(p) in names for p in model.global_k.parameters())
     assert not any(id(p) in names for p in model.local_k.parameters())
@@ -273,7 +280,7 @@ def test_grad_mode_is_the_default_and_trains_k_heads_through_target():
 
 
 def test_p1_freezes_decoder_through_an_sgd_step():
-    model = build_action_model("cpu", num_classes=4)
+    model = model_from_config(4)
     groups = model.param_groups("p1")
     decoder_ids = {id(p) for p in model.student.decoder.parameters()}
     assert not any(id(p) in decoder_ids for g in groups for p in g["params"])
@@ -297,10 +304,10 @@ def test_p1_freezes_decoder_through_an_sgd_step():
 
 
 def test_action_model_state_dict_round_trip():
-    a = build_action_model("cpu", num_classes=4)
+    a = model_from_config(4)
     a.update_teacher(0.5)
     a.teacher(torch.randn(2, 1, 32, 32))  # non-default BN buffers
-    b = build_action_model("cpu", num_classes=4)
+    b = model_from_config(4)
     b.load_state_dict(a.state_dict())
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
@@ -317,19 +324,26 @@ def test_action_model_state_dict_round_trip():
 
 @pytest.mark.parametrize("teacher_head", ["ema", "grad"])
 def test_hand_offs_reset_heads_and_copy_student(teacher_head):
-    model = build_action_model("cpu", num_classes=4, teacher_head=teacher_head)
-    model.update_teacher(0.0)
-    with torch.no_grad():
-        for p in model.student.parameters():
-            p.add_(1.0)
-    model.copy_student_to_teacher()
-    assert all(torch.equal(t, s) for t, s in zip(model.teacher.parameters(), model.student.parameters()))
+    """The stage hand-offs of training (``train.state``): P1 -> P2 re-initialises the heads;
+    P2 -> FT copies the student, parameters and BN statistics, into the teacher."""
+    config = load_config("cpu-demo", [f"distill.teacher_head={teacher_head}", "train.num_workers=1"])
+    p1 = build_state(config, 4, "cpu", "p1")
+    model = p1.model
     before = model.global_q.fc1.weight.clone()
-    model.reset_heads()
+    p2 = handoff_p1_to_p2(p1)
     assert not torch.equal(before, model.global_q.fc1.weight)
     # ema: the k-heads restart as copies of the q-heads; grad: they get their own initialisation
     same = torch.equal(model.global_k.fc1.weight, model.global_q.fc1.weight)
     assert same == (teacher_head == "ema")
+    with torch.no_grad():
+        for p in model.student.parameters():
+            p.add_(1.0)
+    model.student.train()(torch.randn(2, 1, 32, 32))  # the student's BN statistics move, the teacher's do not
+    teacher = model.teacher.state_dict()
+    assert not all(torch.equal(teacher[name], value) for name, value in model.student.state_dict().items())
+    handoff_p2_to_ft(p2)
+    teacher = model.teacher.state_dict()
+    assert all(torch.equal(teacher[name], value) for name, value in model.student.state_dict().items())
     assert isinstance(model, ActionModel)
 
 

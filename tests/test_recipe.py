@@ -11,6 +11,7 @@ import torch
 from action_ray.augment.crop import crop_origins, random_crops, take_windows
 from action_ray.config import load_config
 from action_ray.errors import ConfigError
+from action_ray.losses import IGNORE_LABEL
 from action_ray.train.steps.diagnostics import gradient_alignment, is_report_step, pseudo_label_summary
 from action_ray.train.steps.ft import pseudo_label_weight
 
@@ -45,7 +46,7 @@ def test_foreground_crops_contain_the_foreground_and_uniform_ones_spread():
 def test_crop_origins_fall_back_to_uniform_without_foreground():
     g = torch.Generator().manual_seed(1)
     labels = torch.zeros(200, 64, 64, dtype=torch.long)
-    labels[:, 0, 0] = 255  # the ignore label is not foreground
+    labels[:, 0, 0] = IGNORE_LABEL  # a pixel without supervision is not foreground
     y0, x0 = crop_origins(labels, 200, 64, 64, 16, 1.0, g)
     assert int(y0.min()) >= 0 and int(y0.max()) <= 48 and int(x0.max()) <= 48
     assert len(set(y0.tolist())) > 20  # spread, not pinned to the ignore pixel

@@ -135,6 +135,21 @@ def test_3d_p2_and_ft_steps_run_on_tiny_patches():
     assert all(torch.isfinite(v) for v in out.values())
 
 
+def test_banks_hold_bank_batches_global_batches_unless_a_size_is_given(monkeypatch):
+    """K as training sizes the banks (``train.state``): ``distill.bank_batches`` × the global
+    pretraining batch, which grows with the world size; ``distill.bank_size`` fixes K instead."""
+    import action_ray.train.state as state_module
+
+    monkeypatch.setattr(state_module, "world_size", lambda: 4)
+    config = load_config("cpu-demo", ["data.pretrain_labelled_batch=3"])  # 3 + 2 slices per worker
+    p2 = build_state(config, 3, "cpu", "p2", rank=0)
+    k = 6 * (3 + 2) * 4
+    assert p2.global_bank.keys.shape == (k, p2.model.global_dim)
+    assert p2.local_bank.keys.shape == (k, 36, p2.model.local_dim)  # 6 x 6 windows of 16 on 64² slices
+    fixed = build_state(load_config("cpu-demo", ["distill.bank_size=100"]), 3, "cpu", "p1", rank=0)
+    assert fixed.global_bank.keys.shape == (100, fixed.model.global_dim) and fixed.local_bank is None
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     os.environ.get("ACTION_RAY_TEST_COMPILE") != "1",

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from action_ray.config import load_config
+from action_ray.data.labels import NO_LABEL_UINT8
 from action_ray.errors import ConfigError
+from action_ray.losses import IGNORE_LABEL
 from action_ray.runs.checkpoint import (
     Checkpoint,
     DataPosition,
@@ -118,6 +120,13 @@ def test_compose_batch_layouts():
     assert pre["label"][2:].eq(0).all() and pre["label"][:2].eq(1).all()
     ft = compose_batch("ft", {"labelled": lab, "unlabelled": unl})
     assert set(ft) == {"image_l", "label_l", "image_u"} and ft["image_u"].shape[0] == 3
+    # a stream row without a label (uint8 255) reaches the losses as IGNORE_LABEL, in both layouts
+    lab["label"][1] = NO_LABEL_UINT8
+    pre = compose_batch("p2", {"labelled": lab, "unlabelled": unl})
+    ft = compose_batch("ft", {"labelled": lab})
+    for labels in (pre["label"][:2], ft["label_l"]):
+        assert labels[0].eq(1).all() and labels[1].eq(IGNORE_LABEL).all() and labels.dtype == torch.long
+    assert lab["label"][1].eq(NO_LABEL_UINT8).all()  # the stream batch itself is left as it was
 
 
 ITERATIONS = {"p1": 2, "p2": 4, "ft": 2}

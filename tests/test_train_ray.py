@@ -96,7 +96,7 @@ def test_two_workers_global_bank_and_exact_resume(ray_cluster, store_url, tmp_pa
     final = load_checkpoint(f"{storage}/full/stages/p2")
     bank = final.train_state["banks"]["global"]
     k = bank["keys"].shape[0]
-    assert k == full_cfg.bank_size() == 6 * 4 * 2  # bank_batches x (2+2 slices) x 2 workers
+    assert k == full_cfg.distill.resolved_bank_size(full_cfg.data.pretrain_batch * 2) == 6 * 4 * 2  # bank_batches x (2+2 slices) x 2 workers
     assert int(bank["ptr"]) == (4 * 4 * 2) % k  # 4 P2 steps x 4 slices x 2 workers enqueued
     assert len(final.rank_rng) == 2 and not torch.equal(final.rank_rng[0]["generator"], final.rank_rng[1]["generator"])
 

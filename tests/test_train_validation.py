@@ -37,7 +37,7 @@ def test_schedule_scores_multiples_of_val_every_and_the_last_step():
     assert ValidationSchedule(1000, 5000, 30000).steps() == [5000, 10000, 15000, 20000, 25000, 30000]
     off = ValidationSchedule(0, 2, 10)
     assert not off.enabled and off.steps() == [] and not off.due(10)
-    assert ValidationSchedule.every_checkpoint(8).steps() == list(range(1, 9))
+    assert ValidationSchedule(1, 1, 8).steps() == list(range(1, 9))
 
 
 def test_every_packaged_preset_and_sweep_base_loads_and_scores_the_last_ft_step():

@@ -18,7 +18,6 @@ from action_ray.augment.geometric import (
     random_rot_flip,
     random_rotation,
     rot_flip,
-    rot_flip_inverse,
     rotate,
 )
 from action_ray.augment.mix import (
@@ -66,7 +65,6 @@ __all__ = [
     "random_rotation",
     "random_smooth_warp",
     "rot_flip",
-    "rot_flip_inverse",
     "rotate",
     "warp_with_displacement",
 ]

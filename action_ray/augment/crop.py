@@ -42,7 +42,7 @@ def crop_origins(
     if labels is None or foreground_p <= 0:
         return y0, x0
     flat = labels.reshape(batch, -1)
-    foreground = (flat > 0) & (flat < 255)
+    foreground = flat > 0  # IGNORE_LABEL (negative) is not foreground
     pixel = uniform_from_masks(foreground, torch.arange(batch, device=device), generator)
     use = foreground.any(dim=1)
     use &= torch.rand(batch, generator=generator, device=device) < foreground_p

@@ -52,12 +52,6 @@ def _dihedral_index_maps(height: int, width: int, device: torch.device) -> torch
     return torch.stack(maps)
 
 
-def rot_flip_inverse(ids: torch.Tensor) -> torch.Tensor:
-    """Ids of the inverse transforms: rotations invert to (4 − k) mod 4, mirrors to themselves."""
-    k, flip = ids % 4, ids // 4
-    return torch.where(flip == 1, ids, (4 - k) % 4)
-
-
 def _gather_plane(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Permute the last two axes of x (B, ..., H, W) with per-sample flat maps index (B, H·W)."""
     flat = x.flatten(-2)
@@ -74,7 +68,8 @@ def rot_flip(
     """Apply dihedral transform ``ids[i]`` (0..7, = k + 4·flip) to sample i, in the (H, W) plane.
 
     images: (B, C, *S); ids: (B,) int; labels, conf: (B, *S) or None. Exact (a permutation),
-    so ``rot_flip(rot_flip(x, ids), rot_flip_inverse(ids))`` returns x bit for bit.
+    so applying the inverse transforms (rotation k by (4 − k) mod 4, a mirror by itself) returns x
+    bit for bit.
     """
     spatial_ndim(images)
     check_maps(images, labels, "labels")

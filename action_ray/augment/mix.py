@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from action_ray.augment.common import check_maps, spatial_ndim, uniform
+from action_ray.losses.targets import IGNORE_LABEL
 
 MIX_KINDS = ("cutmix", "classmix", "cutout", "none")
 
@@ -146,11 +147,11 @@ def cutout(
     conf: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Cutout: zero the image inside a half-image box, mark its labels −1 (ignored), conf 0."""
+    """Cutout: zero the image inside a half-image box, mark its labels `IGNORE_LABEL`, conf 0."""
     _check(images, labels, conf)
     keep = random_box_mask(images, generator)
     out_images = torch.where(keep[:, None], images, torch.zeros_like(images))
-    out_labels = torch.where(keep, labels, torch.full_like(labels, -1))
+    out_labels = torch.where(keep, labels, torch.full_like(labels, IGNORE_LABEL))
     out_conf = None if conf is None else torch.where(keep, conf, torch.zeros_like(conf))
     return out_images, out_labels, out_conf
 

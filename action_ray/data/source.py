@@ -21,7 +21,8 @@ Row schema (every block of one datasource has the same columns, as ``iter_torch_
 
 Unlabelled data: a datasource built with ``with_label=False`` has **no** ``label`` column (the
 unlabelled stream never reads label chunks). If ``with_label=True`` and some case has no label,
-its rows carry :data:`IGNORE_LABEL` (255) everywhere, so the column stays present and uint8.
+its rows carry ``data.labels.NO_LABEL_UINT8`` (255) everywhere, so the column stays present and
+uint8; ``data.labels.loss_targets`` turns that value into the losses' ``IGNORE_LABEL``.
 No string columns: case IDs travel as int32 indices into ``case_table``.
 
 Credentials: ``storage_options`` travel inside every read task (they are pickled with it).
@@ -41,15 +42,13 @@ import numpy as np
 from ray.data.block import BlockAccessor, BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from action_ray.data.labels import NO_LABEL_UINT8
 from action_ray.data.patches import patch_origins
 from action_ray.data.resize import IMAGE_MODES, resize_slices
 from action_ray.errors import ConfigError, StoreError
 from action_ray.io.normalise import NormalisationSpec, normalise_array, resolve_spec
 
 log = logging.getLogger(__name__)
-
-#: Label value of rows whose case has no label, in a datasource that has a label column.
-IGNORE_LABEL = 255
 
 #: Default output bytes per read task (see the block-size pitfall in docs/ray-notes.md §3).
 DEFAULT_TASK_BYTES = 16 * 2**20
@@ -374,7 +373,7 @@ def _read_box(ctx: _TaskContext, store, case: CaseEntry, box: tuple[slice, slice
 
             raise StoreError(f"case {case.case_id!r} is marked labelled but its label could not be read")
         return image, np.asarray(label, dtype=np.uint8)
-    return image, np.full(image.shape, IGNORE_LABEL, dtype=np.uint8)
+    return image, np.full(image.shape, NO_LABEL_UINT8, dtype=np.uint8)
 
 
 def _slice_batch(ctx: _TaskContext, store, case: CaseEntry, unit: ReadUnit) -> dict[str, np.ndarray]:

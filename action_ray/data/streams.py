@@ -227,32 +227,6 @@ def build_streams(
     return Streams(labelled, unlabelled, meta)
 
 
-def build_eval_stream(
-    store_url: str,
-    storage_options: Mapping[str, Any] | None,
-    case_ids: Sequence[str] | None = None,
-    settings: StreamSettings | None = None,
-    *,
-    split: str = "val",
-    **overrides: Any,
-):
-    """Labelled rows of ``case_ids`` (default: every complete case of ``split``), in store order.
-
-    Returns ``(dataset, case_table)``; rows carry ``case`` and ``z`` so an evaluator can put
-    slices back into volumes. No shuffle and no oversampling.
-    """
-    settings = _settings(settings, {"shuffle": "none", **overrides})
-    if case_ids is None:
-        from action_ray.data.source import open_store_cached
-
-        store = open_store_cached(store_url, storage_options)
-        case_ids = [c.case_id for c in store.list_cases(split=split)]
-        if not case_ids:
-            raise ConfigError(f"the store has no complete cases in split {split!r} to evaluate on")
-    source = make_datasource(store_url, storage_options, case_ids, settings, with_label=True)
-    return dataset_from_source(source, "none"), source.case_table
-
-
 def train_data_config():
     """Ray Train ``DataConfig`` that splits every dataset into equal, disjoint worker shards."""
     from ray.train import DataConfig

@@ -8,6 +8,8 @@ Paper name -> function:
 * L_unsup -> :func:`pseudo_label_loss`
 * L_anco  -> :func:`anatomical_contrast_loss`
 * Mean Teacher baseline -> :func:`mean_teacher_consistency`, :func:`sigmoid_rampup`
+
+Label pixels without supervision carry :data:`IGNORE_LABEL` (``losses.targets``).
 """
 
 from .anatomical_contrast import ClassKeyBank, ContrastSamples, anatomical_contrast_loss
@@ -21,8 +23,10 @@ from .distillation import (
 )
 from .pseudo_label import pseudo_label_loss
 from .segmentation import dice_loss, supervised_loss
+from .targets import IGNORE_LABEL
 
 __all__ = [
+    "IGNORE_LABEL",
     "ClassKeyBank",
     "ContrastSamples",
     "LOCAL_LAYOUTS",

@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ._tensors import check_rank_at_least, check_same_shape, compute_dtype
-
-IGNORE_LABEL = -1
+from .targets import IGNORE_LABEL
 
 
 def pseudo_label_loss(
@@ -23,7 +22,7 @@ def pseudo_label_loss(
     """L_unsup of §4.3: mean over pixels with positive CE of w_b · CE.
 
     w_b = #{x: confidence_b(x) >= strong_threshold} / #{x: pseudo_label_b(x) >= 0} is one
-    weight per image; ℓ_b(x) = CE(logits_b(x), pseudo_label_b(x)) with label -1 ignored
+    weight per image; ℓ_b(x) = CE(logits_b(x), pseudo_label_b(x)) with label `IGNORE_LABEL` (-1) ignored
     (ℓ = 0 there). The result is Σ w_b ℓ_b(x) [ℓ_b(x) > 0] / #{(b, x): ℓ_b(x) > 0}; pixels whose
     loss is exactly zero are left out of the mean, as published. Computed without host sync:
     an image with no valid pixel has weight 0 (not NaN), and a batch with no positive loss gives
@@ -31,7 +30,7 @@ def pseudo_label_loss(
 
     Args:
         logits: (B, C, *S) student logits on the strongly augmented unlabeled batch.
-        pseudo_labels: (B, *S) integer teacher arg-max labels, -1 = ignore.
+        pseudo_labels: (B, *S) integer teacher arg-max labels, `IGNORE_LABEL` = ignore.
         confidence: (B, *S) teacher max-probability, mixed like the labels.
         strong_threshold: δ_s.
     Returns:

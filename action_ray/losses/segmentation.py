@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ._tensors import check_rank_at_least, check_same_shape, compute_dtype
+from .targets import IGNORE_LABEL
 
 DICE_SMOOTH = 1e-5
 
@@ -24,7 +25,7 @@ def _check_logits_target(logits: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def dice_loss(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_LABEL
 ) -> torch.Tensor:
     """Soft multi-class Dice loss of §3.5, background included.
 
@@ -54,7 +55,7 @@ def dice_loss(
 
 
 def supervised_loss(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = -1
+    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = IGNORE_LABEL
 ) -> torch.Tensor:
     """L_sup = 0.5 * (CE + Dice) of §3.5 for 2-D or 3-D logits.
 

@@ -5,7 +5,6 @@ from action_ray.model.factory import (
     MODEL_PRESETS,
     HeadSizes,
     ModelPreset,
-    build_action_model,
     build_unet,
     resolve_preset,
 )
@@ -30,7 +29,6 @@ __all__ = [
     "MODEL_PRESETS",
     "HeadSizes",
     "ModelPreset",
-    "build_action_model",
     "build_unet",
     "resolve_preset",
     "GlobalPredictor",

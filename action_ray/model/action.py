@@ -101,11 +101,6 @@ class ActionModel(nn.Module):
             ema_update_(self.local_k, self.local_q, momentum)
 
     @torch.no_grad()
-    def copy_student_to_teacher(self) -> None:
-        """Teacher backbone <- student backbone (the P2 -> FT hand-off, method.md §1)."""
-        copy_parameters_(self.teacher, self.student)
-
-    @torch.no_grad()
     def reset_heads(self) -> None:
         """Re-initialise every head (P1 -> P2 hand-off: heads are not carried over, §1).
 

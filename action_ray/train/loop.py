@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 
 from action_ray.config import Config, config_from_dict
+from action_ray.data.labels import loss_targets
 from action_ray.errors import ConfigError
 from action_ray.ray_session import current_node
 from action_ray.runs.checkpoint import (
@@ -114,11 +115,13 @@ def compose_batch(stage: str, parts: dict[str, Batch]) -> Batch:
     parts["labelled"]: {"image": (B_l, 1, *S), "label": (B_l, *S)}; parts["unlabelled"]:
     {"image": (B_u, 1, *S)} (absent when B_u = 0). P1/P2 get one batch ``[labelled | unlabelled]``
     with a ``labelled`` flag per row; FT and the baselines get ``image_l/label_l/image_u``.
+    Labels become loss targets here (``data.labels.loss_targets``: int64, the stream's
+    "no label" value as ``IGNORE_LABEL``).
     """
     lab = parts["labelled"]
     unl = parts.get("unlabelled")
     if stage in ("p1", "p2"):
-        images, labels = [lab["image"]], [lab["label"].long()]
+        images, labels = [lab["image"]], [loss_targets(lab["label"])]
         flags = [torch.ones(lab["image"].shape[0], dtype=torch.bool)]
         if unl is not None:
             u = unl["image"]
@@ -126,7 +129,7 @@ def compose_batch(stage: str, parts: dict[str, Batch]) -> Batch:
             labels.append(torch.zeros((u.shape[0], *u.shape[2:]), dtype=torch.long))
             flags.append(torch.zeros(u.shape[0], dtype=torch.bool))
         return {"image": torch.cat(images), "label": torch.cat(labels), "labelled": torch.cat(flags)}
-    batch = {"image_l": lab["image"], "label_l": lab["label"].long()}
+    batch = {"image_l": lab["image"], "label_l": loss_targets(lab["label"])}
     if unl is not None:
         batch["image_u"] = unl["image"]
     return batch

@@ -57,11 +57,6 @@ class ValidationSchedule:
     def of(cls, config: Config) -> "ValidationSchedule":
         return cls(config.eval.val_every, config.train.checkpoint_every, config.stage("ft").iterations)
 
-    @classmethod
-    def every_checkpoint(cls, last_step: int) -> "ValidationSchedule":
-        """Every FT checkpoint (Tune sweeps: ASHA compares trials at each one)."""
-        return cls(1, 1, last_step)
-
     @property
     def enabled(self) -> bool:
         return self.val_every > 0

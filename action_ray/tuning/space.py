@@ -31,7 +31,6 @@ repeats the grid and draws the random ones that many times.
 from __future__ import annotations
 
 import json
-import math
 import os
 from typing import Any, Literal, Mapping, Sequence
 
@@ -120,12 +119,6 @@ class SweepConfig(BaseModel):
     def param_space(self) -> dict[str, Any]:
         """``Tuner(param_space=...)``: each entry as its ``ray.tune`` domain."""
         return {key: to_tune_domain(spec) for key, spec in self.space.items()}
-
-    def num_grid_points(self) -> int:
-        """Trials Tune will create: the product of the grids, times ``num_samples``."""
-        sizes = [len(next(iter(s.values()))) for s in self.space.values()
-                 if isinstance(s, dict) and next(iter(s), None) == "grid_search"]
-        return math.prod(sizes) * self.tune.num_samples
 
 
 def _domain_of(spec: Any) -> tuple[str, Any] | None:

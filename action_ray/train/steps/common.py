@@ -14,9 +14,8 @@ import torch
 
 from action_ray.augment.crop import random_crops
 from action_ray.distributed import all_reduce_gradients_
+from action_ray.losses import IGNORE_LABEL
 from action_ray.train.state import TrainState
-
-IGNORE_LABEL = -1
 
 
 def images_on_device(state: TrainState, images: torch.Tensor) -> torch.Tensor:
@@ -77,7 +76,7 @@ def apply_update(state: TrainState, loss: torch.Tensor) -> None:
 
 def mask_unlabelled(labels: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
     """labels (B, *S) with every pixel of the unlabelled images (labelled (B,) False) set to
-    the ignore label, so the supervised loss sees only the labelled part without a host sync."""
+    `IGNORE_LABEL`, so the supervised loss sees only the labelled part without a host sync."""
     keep = labelled.to(device=labels.device, dtype=torch.bool).reshape(-1, *([1] * (labels.dim() - 1)))
     return torch.where(keep, labels, torch.full_like(labels, IGNORE_LABEL))
 
