@@ -87,10 +87,10 @@ def test_a_global_batch_that_does_not_split_evenly_is_refused(tmp_path, store_ur
 
 
 def test_with_workers_keeps_the_hash_and_the_bank_size():
-    from action_ray.config import load_config
+    from action_ray.config import load_config, with_workers
 
     two = load_config("cpu-demo", ["train.num_workers=2"])
-    one = two.with_workers(1)
+    one = with_workers(two, 1)
     assert isinstance(one, Config) and one.hash() == two.hash()
     assert one.data.pretrain_batch * 1 == two.data.pretrain_batch * 2  # the global batch, hence K, is kept
     assert one.data.ft_labelled_batch == 2 * two.data.ft_labelled_batch

@@ -186,9 +186,9 @@ def pretrain_key(config: Any) -> str:
     mode); their P1 + P2 (1800 of 3000 steps in cpu-quality) are bit for bit the same run, so
     the first run of a draw saves its P2 end state and the others start from it.
     """
-    from action_ray.config import _flatten
+    from action_ray.config import flatten
 
-    flat = {k: v for k, v in _flatten(config.to_dict()).items() if not k.startswith(FT_ONLY_KEYS)}
+    flat = {k: v for k, v in flatten(config.to_dict()).items() if not k.startswith(FT_ONLY_KEYS)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

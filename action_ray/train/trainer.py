@@ -26,7 +26,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from action_ray.config import PER_WORKER_BATCH_KEYS, STAGE_ORDER, Config
+from action_ray.config import PER_WORKER_BATCH_KEYS, STAGE_ORDER, Config, with_workers
 from action_ray.errors import ActionRayError, ConfigError
 from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_worker
 from action_ray.train.follow import ReportFollower
@@ -202,7 +202,7 @@ def elastic_resume(config: Config, previous: Config) -> tuple[Config, str]:
     moved = "" if old == new else f"resuming on {new} worker(s) instead of {old}"
     if previous.hash() == config.hash():
         return config, (f"{moved}; global batch unchanged" if moved else "")
-    rescaled = config.with_workers(config.train.num_workers, like=previous)
+    rescaled = with_workers(config, config.train.num_workers, like=previous)
     if rescaled.hash() != previous.hash():
         return config, ""  # something besides the batches differs: the hash check says so
     batches = ", ".join(f"{key}={getattr(rescaled.data, key)}" for key in PER_WORKER_BATCH_KEYS)

@@ -37,7 +37,7 @@ from typing import Any, Literal, Mapping, Sequence
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from action_ray.config import Config, _read_source, apply_overrides, load_config, parse_override
+from action_ray.config import Config, apply_overrides, load_config, parse_override, read_source
 from action_ray.errors import ConfigError
 
 #: Domain name in the YAML -> (ray.tune function, what its argument must be).
@@ -243,7 +243,7 @@ def load_sweep(path: str | None, overrides: Sequence[str] = ()) -> SweepConfig:
     """
     if path is None:
         raise ConfigError("tune needs a sweep file: --config FILE or a preset such as tune-cpu")
-    tree, origin = _read_source(path)
+    tree, origin = read_source(path)
     sweep_edits, training = parse_sweep_overrides(overrides)
     for dotted, value in sweep_edits.items():
         section, _, rest = dotted.partition(".")

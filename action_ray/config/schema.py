@@ -1,4 +1,4 @@
-"""The typed training configuration: one validated object drives a laptop run and a cluster run.
+"""The config schema: the pydantic models of a run, their defaults and the checks across keys.
 
 Why pydantic with ``extra="forbid"``: a misspelt key in a 30 000-iteration GPU job must fail at
 submission, not be ignored. Every default is the published value (method.md §7), except
@@ -7,10 +7,6 @@ where §8.1 deliberately departs; those departures are named options
 ``ft.anco_negatives``, ``ft.teacher_eval``). ``distill.teacher_head`` was one; it is back at the
 published ``grad`` since the validation protocol chose it (docs/tune.md), ``ema`` stays an option.
 
-Sources, in order: the defaults below, a YAML file (or a packaged preset name such as
-``cpu-demo``, ``acdc-2d``, ``la-3d``), then ``a.b.c=value`` overrides whose values are parsed as
-YAML scalars (``3``, ``0.5``, ``true``, ``[p1, ft]``, ``null``).
-
 Conventions that other modules rely on:
 
 * batch sizes are **per worker**; the global batch is ``num_workers ×`` that.
@@ -18,24 +14,22 @@ Conventions that other modules rely on:
   i.e. ``(z, y, x)``: the LA patch 112×112×80 (x, y, z) is written ``[80, 112, 112]``.
 * two pairs are "one of": ``data.label_ratio`` / ``data.labelled_patients`` and
   ``distill.bank_batches`` / ``distill.bank_size`` (and ``model.preset`` / ``model.widths``).
-  Setting one of a pair by override clears the other, so ``data.label_ratio=0.1`` works on top
-  of a preset that counts patients.
+  Setting one of a pair by override clears the other (:mod:`action_ray.config.load`), so
+  ``data.label_ratio=0.1`` works on top of a preset that counts patients.
 """
 
 from __future__ import annotations
 
-import argparse
-import difflib
 import hashlib
 import json
 import os
-from importlib import resources
+import re
 from typing import Any, Literal, Mapping, Sequence, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from action_ray.errors import ConfigError
+from action_ray.config.keys import flatten, is_hash_excluded
 from action_ray.urls import filesystem_for, is_remote, redact
 
 Stage = Literal["p1", "p2", "ft"]
@@ -49,42 +43,9 @@ DEFAULT_STAGES: dict[str, list[str]] = {
     "action_ft_only": ["ft"],
 }
 
-#: Keys left out of :meth:`Config.hash`: they name, place or pace a run but do not change what it
-#: computes (storage options may also hold credentials).
-HASH_EXCLUDED_KEYS = frozenset(
-    {
-        "data.storage_options",
-        "train.run_name",
-        "train.resume",
-        "train.tracking",
-        "train.tracking_uri",
-        "train.tracking_experiment",
-        "train.storage_path",
-        "train.report_every",
-        "train.checkpoint_every",
-        "train.num_to_keep",
-        "train.max_failures",
-        "train.collective_timeout_s",
-        "train.placement_strategy",
-        "train.worker_resources",
-        "eval.batch_size",
-    }
-)
-
-#: Keys whose value is a free-form mapping (one value, not a section).
-FREE_FORM_KEYS = frozenset({"data.storage_options", "train.worker_resources"})
-
 #: Batch sizes that are per worker (the global batch is num_workers × each).
 PER_WORKER_BATCH_KEYS = ("pretrain_labelled_batch", "pretrain_unlabelled_batch", "ft_labelled_batch",
                          "ft_unlabelled_batch")
-
-#: Pairs of keys of which only one may be set; an override of one clears the other.
-EXCLUSIVE_PAIRS: tuple[tuple[str, str], ...] = (
-    ("data.label_ratio", "data.labelled_patients"),
-    ("distill.bank_batches", "distill.bank_size"),
-    ("model.preset", "model.widths"),
-)
-
 
 #: Characters allowed in a user-given name that becomes one path component (run, sweep).
 SAFE_NAME_CHARACTERS = "letters, digits, '.', '_' and '-'"
@@ -95,8 +56,6 @@ def check_path_name(value: str | None, key: str) -> str | None:
 
     Why: ``train.run_name=../../x`` would put a run directory outside ``train.storage_path``.
     """
-    import re
-
     if value is None:
         return value
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", value) or ".." in value or len(value) > 200:
@@ -592,30 +551,6 @@ class Config(_Section):
         del data["train"]["num_workers"]
         return data
 
-    def with_workers(self, num_workers: int, like: "Config | None" = None) -> "Config":
-        """This config on ``num_workers`` workers with the global batches of ``like`` (default:
-        this config's own): each per-worker batch becomes global / ``num_workers``.
-
-        Raises a ConfigError naming the batch that does not divide, since a run must not change
-        its global batch silently.
-        """
-        source = like or self
-        old_workers = max(1, source.train.num_workers)
-        new_workers = max(1, num_workers)
-        changes: dict[str, int] = {}
-        for key in PER_WORKER_BATCH_KEYS:
-            total = getattr(source.data, key) * old_workers
-            if total % new_workers:
-                raise ConfigError(
-                    f"data.{key}: the global batch of {total} slices ({old_workers} worker(s) × "
-                    f"{getattr(source.data, key)}) cannot be split evenly over {num_workers} workers; use a "
-                    f"worker count that divides {total}")
-            changes[key] = total // new_workers
-        data = self.to_dict(redact_secrets=False)
-        data["data"].update(changes)
-        data["train"]["num_workers"] = num_workers
-        return config_from_dict(data, "with_workers")
-
     # ---- persistence
     def to_dict(self, redact_secrets: bool = True) -> dict[str, Any]:
         """Plain JSON-compatible dict; credentials in storage_options masked unless asked not to."""
@@ -642,20 +577,20 @@ class Config(_Section):
 
         Batch sizes enter as global batches (per-worker batch × workers) and the worker count
         itself does not: 2 workers × 4 slices and 1 worker × 8 slices are the same run, which is
-        what lets a run resume on another number of workers (:meth:`with_workers`). They are the
+        what lets a run resume on another number of workers (:func:`action_ray.config.load.with_workers`). They are the
         same optimisation problem, not bit for bit the same computation: which rows reach which
         worker, the per-rank batch-norm statistics and the per-rank sampling of anatomical-
         contrast queries and pixel-bank keys (per worker, so their global count scales with the
         workers) all differ.
         """
-        flat = {k: v for k, v in _flatten(self.global_batch_form()).items() if not _excluded(k)}
+        flat = {k: v for k, v in flatten(self.global_batch_form()).items() if not is_hash_excluded(k)}
         text = json.dumps(flat, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def pretty(self) -> str:
         """One ``key  value`` line per setting, ``*`` marking values that differ from defaults."""
-        flat = _flatten(self.to_dict())
-        defaults = _flatten(Config().to_dict())
+        flat = flatten(self.to_dict())
+        defaults = flatten(Config().to_dict())
         width = max(len(k) for k in flat)
         lines = [f"config {self.hash()}  (* = differs from the paper default)"]
         for key, value in flat.items():
@@ -664,168 +599,7 @@ class Config(_Section):
         return "\n".join(lines)
 
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``; free-form dicts (storage_options, worker_resources)
-    stay one value."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and dotted not in FREE_FORM_KEYS:
-            out.update(_flatten(value, dotted + "."))
-        else:
-            out[dotted] = value
-    return out
-
-
-def _excluded(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in HASH_EXCLUDED_KEYS)
-
-
-# ---------------------------------------------------------------------------------- loading
-def preset_names() -> list[str]:
-    """Names of the presets shipped in ``action_ray/configs/``."""
-    folder = resources.files("action_ray.configs")
-    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
-def _read_source(path: str) -> tuple[dict[str, Any], str]:
-    """Load the YAML mapping of a file, URL or preset name; returns (mapping, where it came from)."""
-    if os.path.isfile(path) or is_remote(path):
-        try:
-            fs, fs_path = filesystem_for(path)
-            with fs.open(fs_path, "r") as handle:
-                text = handle.read()
-        except (OSError, FileNotFoundError) as exc:
-            raise ConfigError(f"cannot read config file {redact(path)}: {exc}") from exc
-        origin = path
-    else:
-        name = path[:-5] if path.endswith(".yaml") else path
-        if os.sep in path or name not in preset_names():
-            raise ConfigError(
-                f"config {path!r} is neither a file nor a preset; presets: {', '.join(preset_names())}"
-            )
-        text = resources.files("action_ray.configs").joinpath(f"{name}.yaml").read_text()
-        origin = f"preset {name}"
-    try:
-        loaded = load_yaml(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin} is not valid YAML: {exc}") from exc
-    if loaded is None:
-        return {}, origin
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{origin} must hold a mapping of sections, got {type(loaded).__name__}")
-    return loaded, origin
-
-
-class StrictBoolLoader(yaml.SafeLoader):
-    """YAML without the 1.1 booleans: only ``true``/``false`` are booleans; ``yes``, ``no``,
-    ``on``, ``off`` stay strings (so a boolean key given ``yes`` is an error, not a guess)."""
-
-
-StrictBoolLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-StrictBoolLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", __import__("re").compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
-    list("tTfF"),
-)
-
-
-def load_yaml(text: str) -> Any:
-    """``yaml.safe_load`` with strict booleans (:class:`StrictBoolLoader`)."""
-    return yaml.load(text, Loader=StrictBoolLoader)  # noqa: S506 - a SafeLoader subclass
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"ft.num_queries=64"`` → ``(["ft", "num_queries"], 64)``; the value is a YAML scalar."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.subkey=value, e.g. train.num_workers=2")
-    key, raw = text.split("=", 1)
-    parts = [p for p in key.strip().split(".")]
-    if not all(parts):
-        raise ConfigError(f"override {text!r} has an empty key part")
-    try:
-        value = load_yaml(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"override {key}: value {raw!r} is not a YAML scalar or list ({exc})") from exc
-    return parts, value
-
-
-def _set_dotted(tree: dict[str, Any], parts: Sequence[str], value: Any, origin: str) -> None:
-    node = tree
-    for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            where = ".".join(parts[: depth + 1])
-            raise ConfigError(f"{origin}: {where} is a value, not a section, so {'.'.join(parts)} cannot be set")
-        node = child
-    node[parts[-1]] = value
-
-
-def apply_overrides(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides to a raw mapping; one key of an exclusive pair clears the other."""
-    given: dict[str, str] = {}
-    for text in overrides:
-        parts, value = parse_override(text)
-        dotted = ".".join(parts)
-        _set_dotted(tree, parts, value, f"override {text!r}")
-        if value is None:
-            continue
-        given[dotted] = text
-        for first, second in EXCLUSIVE_PAIRS:
-            partner = second if dotted == first else first if dotted == second else None
-            if partner is None:
-                continue
-            if partner in given:
-                raise ConfigError(f"overrides {given[partner]!r} and {text!r} conflict: set only one of them")
-            _set_dotted(tree, partner.split("."), None, f"override {text!r}")
-    return tree
-
-
-def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Config:
-    """Defaults ← YAML file or preset name ← overrides, validated into a :class:`Config`.
-
-    Raises :class:`ConfigError` naming the dotted key: unknown keys get the closest valid key
-    suggested; bad values get the value and the constraint.
-    """
-    tree, origin = _read_source(path) if path else ({}, "defaults")
-    override_keys = {".".join(parse_override(o)[0]) for o in overrides}
-    tree = apply_overrides(tree, overrides)
-    try:
-        return Config.model_validate(tree)
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, origin, override_keys)) from None
-
-
-def config_from_dict(tree: Mapping[str, Any], origin: str = "config") -> Config:
-    """Validate a raw mapping (e.g. a Tune trial's ``train_loop_config``) with friendly errors."""
-    try:
-        return Config.model_validate(dict(tree))
-    except ValidationError as exc:
-        raise ConfigError(_explain(exc, origin, set())) from None
-
-
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """The same two arguments on every verb that trains: ``--config`` and trailing overrides."""
-    parser.add_argument(
-        "--config", default=None, metavar="FILE|PRESET",
-        help=f"YAML file or preset ({', '.join(preset_names())}); defaults are the paper's values",
-    )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE",
-        help="config overrides such as data.store=s3://bucket/acdc.zarr train.num_workers=2",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """:func:`load_config` from the arguments added by :func:`add_config_arguments`."""
-    return load_config(args.config, list(args.overrides or ()))
-
-
-# ------------------------------------------------------------------------------------ errors
+# ------------------------------------------------------------------------------------- keys
 def _nested_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
     """The section class of field ``name`` of ``model`` (``Config``, "data" → DataConfig), if any."""
     field = model.model_fields.get(name)
@@ -837,8 +611,12 @@ def _nested_model(model: type[BaseModel], name: str) -> type[BaseModel] | None:
     return nested[0] if nested else None
 
 
-def _section_model(parts: Sequence[str | int]) -> type[BaseModel] | None:
-    """The model class found at a location path (``("schedule", "p1")`` → StageConfig), if any."""
+def section_model(parts: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model class found at a location path (``("schedule", "p1")`` → StageConfig), if any.
+
+    Why: an error about an unknown key is only helpful with the valid keys of the section it
+    was written in (:mod:`action_ray.config.explain`).
+    """
     model: type[BaseModel] | None = Config
     for part in parts:
         model = _nested_model(model, str(part)) if model is not None else None
@@ -855,53 +633,3 @@ def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
         else:
             keys.append(f"{prefix}{name}")
     return keys
-
-
-def _suggest(parts: Sequence[str | int]) -> str:
-    *parents, leaf = [str(p) for p in parts]
-    section = _section_model(parents)
-    valid = list(section.model_fields) if section is not None else []
-    close = difflib.get_close_matches(leaf, valid, n=3, cutoff=0.6)
-    prefix = ".".join(parents) + "." if parents else ""
-    if close:
-        return "did you mean " + " or ".join(repr(prefix + c) for c in close) + "?"
-    elsewhere = [k for k in all_keys() if k.rsplit(".", 1)[-1] == leaf]
-    if elsewhere:
-        return "that key lives at " + " or ".join(repr(k) for k in elsewhere)
-    return f"valid keys here: {', '.join(valid)}"
-
-
-def _explain(exc: ValidationError, origin: str, override_keys: set[str]) -> str:
-    """Turn pydantic's errors into one line per problem, each naming the dotted key."""
-    lines = []
-    for err in exc.errors():
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
-        key = ".".join(str(p) for p in loc)
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            lines.append(f"unknown config key '{key}'{_source(key, origin, override_keys)}: {_suggest(loc)}")
-        elif not key or (err["type"] == "value_error" and isinstance(err.get("input"), dict)):
-            # a check across keys (the message names them), or one key checked by its section
-            # ("num_workers: ..."), which is named in full here
-            import re
-
-            field = re.match(r"(\w+): ", message)
-            if key and field:
-                dotted = f"{key}.{field.group(1)}"
-                message = dotted + message[len(field.group(1)):]
-                mentioned = dotted
-            else:
-                mentioned = next((k for k in override_keys if k in message), "")
-            lines.append(f"{message}{_source(mentioned, origin, override_keys)}")
-        else:
-            lines.append(
-                f"config key '{key}'{_source(key, origin, override_keys)}: "
-                f"value {err.get('input')!r} is invalid: {message}"
-            )
-    return "; ".join(lines)
-
-
-def _source(key: str, origin: str, override_keys: set[str]) -> str:
-    if key in override_keys:
-        return " (from an override)"
-    return "" if origin == "defaults" else f" (in {origin})"
