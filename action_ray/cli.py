@@ -140,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(line: str, debug: bool) -> None:
     """Print the one-line message (and, with --debug, the traceback above it), redacted."""
-    from action_ray.urls import redact
+    from action_ray.urls import redact  # lazy: fsspec loads only when there is an error to print
 
     if debug:
         print(redact(traceback.format_exc()), file=sys.stderr, end="")

@@ -47,6 +47,7 @@ from action_ray.data.patches import patch_origins
 from action_ray.data.resize import IMAGE_MODES, resize_slices
 from action_ray.errors import ConfigError, StoreError
 from action_ray.io.normalise import NormalisationSpec, normalise_array, resolve_spec
+from action_ray.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,6 @@ class ReadUnit:
 
 @functools.lru_cache(maxsize=8)
 def _open_cached(url: str, options_json: str):
-    from action_ray.store import open_store
-
     return open_store(url, storage_options=json.loads(options_json) or None)
 
 
@@ -180,8 +179,6 @@ class VolumeSliceDatasource(Datasource):
         else:
             self.patch_size = self.patch_stride = None
             self.output_size = None if output_size is None else (int(output_size[0]), int(output_size[1]))
-
-        from action_ray.store import open_store
 
         # a fresh handle on the driver, so cases ingested since the last plan are visible
         store = open_store(self.store_url, storage_options=self.storage_options or None)
@@ -369,8 +366,6 @@ def _read_box(ctx: _TaskContext, store, case: CaseEntry, box: tuple[slice, slice
         return image, None
     if want_label:
         if label is None:
-            from action_ray.errors import StoreError
-
             raise StoreError(f"case {case.case_id!r} is marked labelled but its label could not be read")
         return image, np.asarray(label, dtype=np.uint8)
     return image, np.full(image.shape, NO_LABEL_UINT8, dtype=np.uint8)

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Protocol, Sequence
 
 from action_ray.errors import ConfigError
+from action_ray.urls import redact
 
 SPLIT_FORMAT_VERSION = 1
 
@@ -170,7 +171,6 @@ def label_split(
     Give either ``label_ratio`` (fraction of train patients, at least one patient) or
     ``num_labelled_patients``. Only complete cases are considered (the store lists nothing else).
     """
-    from action_ray.urls import redact
 
     return split_cases(
         store.list_cases(split=train_split),

@@ -27,6 +27,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping, NamedTuple, Sequence
 
+from action_ray.data.source import VolumeSliceDatasource
 from action_ray.data.splits import LabelSplit
 from action_ray.errors import ConfigError
 from action_ray.io.normalise import NormalisationSpec
@@ -146,7 +147,6 @@ def make_datasource(
     with_label: bool,
 ):
     """A :class:`VolumeSliceDatasource` configured from ``settings``."""
-    from action_ray.data.source import VolumeSliceDatasource
 
     return VolumeSliceDatasource(
         store_url,

@@ -20,11 +20,22 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from action_ray.errors import ConfigError, StoreError
-from action_ray.evaluation.inference import InferenceSettings, Network, inference_settings, predict_case
+from action_ray.evaluation.inference import (
+    InferenceSettings,
+    Network,
+    inference_settings,
+    predict_case,
+)
 from action_ray.evaluation.montage import MontageCase, montage_case, write_montage
 from action_ray.evaluation.report import build_summary, case_rows, write_reports
 from action_ray.metrics import EMPTY_CONVENTIONS
 from action_ray.runs.layout import CURVES_FILE, evaluation_reports, join
+from action_ray.runs.resolve import (
+    checkpoint_selection,
+    load_student,
+    resolve_checkpoint,
+)
+from action_ray.store import open_store
 from action_ray.store.schema import SPLITS
 from action_ray.urls import filesystem_for, redact
 
@@ -141,8 +152,6 @@ def evaluate_run(
     (default ``<run_dir>/eval-<split>-<checkpoint>``). The returned summary is ``summary.json``'s
     content (NaN as None), with ``out_dir`` added.
     """
-    from action_ray.runs.resolve import checkpoint_selection, load_student, resolve_checkpoint
-    from action_ray.store import open_store
 
     if split not in SPLITS:
         raise ConfigError(f"--split {split!r} is not one of {', '.join(SPLITS)}")

@@ -16,6 +16,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from action_ray.urls import filesystem_for
+
 #: Class colours (RGB, 0-1) cycled for classes 1, 2, ...; background is transparent.
 PALETTE = ((0.90, 0.10, 0.10), (0.10, 0.75, 0.20), (0.15, 0.40, 0.95), (0.95, 0.75, 0.10),
            (0.70, 0.20, 0.85), (0.10, 0.80, 0.85))
@@ -102,7 +104,6 @@ def render_montage(cases: Sequence[MontageCase], classes: Mapping[int, str], tit
 def write_montage(path_or_url: str, cases: Sequence[MontageCase], classes: Mapping[int, str],
                   title: str = "", storage_options: Mapping[str, Any] | None = None) -> None:
     """Render and write the montage PNG to a local path or URL."""
-    from action_ray.urls import filesystem_for
 
     fs, path = filesystem_for(path_or_url, storage_options)
     with fs.open(path, "wb") as handle:

@@ -21,8 +21,19 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from action_ray.data.streams import StreamSettings
 from action_ray.errors import ConfigError
-from action_ray.evaluation.inference import InferenceSettings, Network, inference_settings, predict_case
+from action_ray.evaluation.inference import (
+    InferenceSettings,
+    Network,
+    inference_settings,
+    predict_case,
+)
+from action_ray.io.checks import check_image
+from action_ray.io.nifti import nifti_bytes, nifti_image, read_scan
+from action_ray.io.normalise import intensity_stats
+from action_ray.runs.resolve import load_student, resolve_checkpoint
+from action_ray.store import open_store
 from action_ray.urls import filesystem_for, redact, with_protocol
 
 log = logging.getLogger(__name__)
@@ -62,9 +73,6 @@ def store_volumes(store, case_ids: Sequence[str]) -> Iterator[InputVolume]:
 
 def nifti_volumes(paths: Sequence[str], storage_options: Mapping[str, Any] | None) -> Iterator[InputVolume]:
     """Volumes of NIfTI files (local or remote), read, checked and reoriented as ingest does."""
-    from action_ray.io.checks import check_image
-    from action_ray.io.nifti import read_scan
-    from action_ray.io.normalise import intensity_stats
 
     for path in paths:
         fs, fs_path = filesystem_for(path, storage_options)
@@ -76,7 +84,6 @@ def nifti_volumes(paths: Sequence[str], storage_options: Mapping[str, Any] | Non
 def write_prediction(out_dir: str, volume: InputVolume, labels: np.ndarray, probabilities: np.ndarray | None,
                      storage_options: Mapping[str, Any] | None = None) -> list[str]:
     """Write ``<name>_seg.nii.gz`` (uint8) and, if given, ``<name>_prob.nii.gz`` (float32, classes last)."""
-    from action_ray.io.nifti import nifti_bytes, nifti_image
 
     fs, root = filesystem_for(out_dir, storage_options)
     fs.makedirs(root, exist_ok=True)
@@ -95,12 +102,10 @@ def write_prediction(out_dir: str, volume: InputVolume, labels: np.ndarray, prob
 def _settings_for_niftis(config, storage_options, batch_size, normalisation) -> InferenceSettings:
     """Inference settings for files outside any store: the run's normalisation, resolved
     against the *training* store's recipe when the run defers to it."""
-    from action_ray.data.streams import StreamSettings
 
     explicit = normalisation if normalisation is not None else StreamSettings.from_config(config.data).normalisation
     if explicit is not None:
         return inference_settings(config, None, batch_size=batch_size, normalisation=explicit)
-    from action_ray.store import open_store
 
     try:
         meta = open_store(config.data.store, storage_options).dataset_meta if config.data.store else None
@@ -155,7 +160,6 @@ def predict_cases(
     Returns the written paths: ``<out_dir>/<case>_seg.nii.gz`` and, with ``probabilities``,
     ``<case>_prob.nii.gz``.
     """
-    from action_ray.runs.resolve import load_student, resolve_checkpoint
 
     if (store_url is None) == (not niftis):
         raise ConfigError("predict needs either --store STORE (optionally --split/--cases) or NIfTI files, not both")
@@ -164,8 +168,6 @@ def predict_cases(
     options = dict(storage_options or {}) or None
     student = load_student(resolve_checkpoint(str(checkpoint), "last", options), device, options)
     if store_url is not None:
-        from action_ray.store import open_store
-
         store = open_store(store_url, options)
         ids = list(cases) if cases else [c.case_id for c in store.list_cases(split=split)]
         if not ids:

@@ -30,8 +30,15 @@ from action_ray.ingest.layouts import Collection, SourceCase, discover
 from action_ray.ingest.splits import assign_splits
 from action_ray.ingest.validate import AFFINE_TOLERANCE_MM, load_case
 from action_ray.io.normalise import BLOCK_KEY
-from action_ray.ray_session import current_node
-from action_ray.recipes import DEFAULT_RECIPE_FOR_LAYOUT, Recipe, load_recipe, load_split_file
+from action_ray.io.recipe_hint import read_recipe_hint
+from action_ray.ray_session import connect_or_start, current_node
+from action_ray.recipes import (
+    DEFAULT_RECIPE_FOR_LAYOUT,
+    Recipe,
+    load_recipe,
+    load_split_file,
+)
+from action_ray.store import CaseMeta, create_store, open_store
 from action_ray.urls import filesystem_for, is_remote, redact, storage_advice
 
 #: Exit code of a run that finished but skipped bad cases (2 is reserved for errors that stop it).
@@ -118,8 +125,6 @@ def _source_fs(src_url: str, options_json: str):
 
 @lru_cache(maxsize=4)
 def _store(dst_url: str, options_json: str):
-    from action_ray.store import open_store
-
     return open_store(dst_url, storage_options=json.loads(options_json))
 
 
@@ -131,8 +136,6 @@ def ingest_case(task: CaseTask) -> CaseResult:
 
 
 def _ingest_case(task: CaseTask) -> CaseResult:
-    from action_ray.store import CaseMeta
-
     started = time.perf_counter()
     case = task.case
     try:
@@ -166,7 +169,6 @@ def recipe_hint(options: IngestOptions) -> str | None:
     ``action-ray synth`` writes it, so phantoms in ACDC/LiTS layout are ingested with their own
     recipe (classes, normalisation, seeded 70/10/20 split) and not with the real dataset's.
     """
-    from action_ray.io.recipe_hint import read_recipe_hint
 
     fs, root = filesystem_for(options.src, options.storage_options)
     return read_recipe_hint(fs, root)
@@ -225,8 +227,6 @@ def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> In
     """Ingest ``options.src`` into ``options.dst``; returns per-case results and notes."""
     import dask
     from dask.diagnostics import ProgressBar
-
-    from action_ray.store import create_store
 
     started = time.perf_counter()
     _store.cache_clear()  # a store re-created at the same URL since the last run in this process
@@ -298,8 +298,6 @@ def compute_on_ray(tasks: list[CaseTask], options: IngestOptions, say: Callable[
     import ray
     from ray.util.dask import ray_dask_get
     from tqdm import tqdm
-
-    from action_ray.ray_session import connect_or_start
 
     connect_or_start(max(1, options.workers), log=say, reason="ingest: one case per CPU")
     nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU")]

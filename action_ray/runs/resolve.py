@@ -31,6 +31,7 @@ import torch
 
 from action_ray.config import Config, config_from_dict
 from action_ray.errors import ConfigError
+from action_ray.model import build_unet
 from action_ray.runs.checkpoint import load_checkpoint_from
 from action_ray.runs.files import read_json
 from action_ray.runs.layout import (
@@ -186,7 +187,6 @@ def load_student(
     checkpoint_url: str, device: str = "cpu", storage_options: Mapping[str, Any] | None = None
 ) -> LoadedStudent:
     """Rebuild the student UNet of a checkpoint directory (local or remote) in eval mode."""
-    from action_ray.model import build_unet
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from action_ray.urls import redact
+
 
 def _min_median_max(values: list[float]) -> dict[str, float] | None:
     if not values:
@@ -19,7 +21,6 @@ def _min_median_max(values: list[float]) -> dict[str, float] | None:
 
 def summarise(store) -> dict[str, Any]:
     """Everything ``info`` prints, as one JSON-ready dictionary."""
-    from action_ray.urls import redact
 
     cases = store.list_cases()
     splits: dict[str, dict[str, int]] = {}

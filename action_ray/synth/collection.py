@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from action_ray.errors import ActionRayError
+from action_ray.files import write_atomic
+from action_ray.io.recipe_hint import RECIPE_HINT_FILE, recipe_hint_bytes
 
 KINDS = ("cardiac", "liver")
 
@@ -60,7 +62,7 @@ def case_seed(seed: int, index: int) -> int:
 
 
 def _is_complete(kind: str, out: Path, index: int) -> bool:
-    from action_ray.synth import layouts
+    from action_ray.synth import layouts  # lazy: numpy/nibabel stay out of `action-ray --help` (the CLI imports KINDS)
 
     if kind == "cardiac":
         return layouts.acdc_patient_complete(out, index)
@@ -69,14 +71,14 @@ def _is_complete(kind: str, out: Path, index: int) -> bool:
 
 def make_case(kind: str, out: str, index: int, seed: int, size: int) -> int:
     """Generate and write case ``index`` (a top-level function so process pools can pickle it)."""
-    from action_ray.synth import layouts
+    from action_ray.synth import layouts  # lazy, as in _is_complete
 
     if kind == "cardiac":
-        from action_ray.synth.cardiac import cardiac_case
+        from action_ray.synth.cardiac import cardiac_case  # lazy: scipy only where a case is made
 
         layouts.write_acdc_patient(Path(out), index, cardiac_case(case_seed(seed, index), size))
     else:
-        from action_ray.synth.liver import liver_case
+        from action_ray.synth.liver import liver_case  # lazy: scipy only where a case is made
 
         layouts.write_lits_case(Path(out), index, liver_case(case_seed(seed, index), size))
     return index
@@ -162,9 +164,6 @@ def write_collection(request: CollectionRequest, progress: bool = True) -> Colle
     or size is refused, so two collections never mix.
     """
     from tqdm import tqdm
-
-    from action_ray.files import write_atomic
-    from action_ray.io.recipe_hint import RECIPE_HINT_FILE, recipe_hint_bytes
 
     check_request(request)
     out = request.out

@@ -36,6 +36,8 @@ import torch
 
 from action_ray.config import Config, config_from_dict
 from action_ray.data.labels import loss_targets
+from action_ray.distributed import rank as current_rank
+from action_ray.distributed import world_size
 from action_ray.errors import ConfigError
 from action_ray.ray_session import current_node
 from action_ray.runs.checkpoint import (
@@ -52,6 +54,15 @@ from action_ray.runs.files import write_file
 from action_ray.runs.layout import stage_checkpoint, worker_pid_file
 from action_ray.runs.logs import announce, write_metrics
 from action_ray.train.progress import StageProgress
+from action_ray.train.state import (
+    build_state,
+    handoff_p1_to_p2,
+    handoff_p2_to_ft,
+    stream_seed,
+)
+from action_ray.train.steps import step_function
+from action_ray.train.steps.common import crop_batch
+from action_ray.train.steps.diagnostics import take as take_diagnostics
 from action_ray.train.tracking import WorkerTracker, open_worker_tracker
 
 Batch = dict[str, torch.Tensor]
@@ -195,8 +206,6 @@ def _gather_objects(obj: Any) -> list[Any]:
     """``all_gather_object`` when distributed, else ``[obj]``."""
     import torch.distributed as dist
 
-    from action_ray.distributed import world_size
-
     if world_size() == 1:
         return [obj]
     out: list[Any] = [None] * world_size()
@@ -221,8 +230,6 @@ class Reporter:
 
 
 def _next_stage_state(state, stage: str):
-    from action_ray.train.state import handoff_p1_to_p2, handoff_p2_to_ft
-
     if (state.stage, stage) == ("p1", "p2"):
         return handoff_p1_to_p2(state)
     if (state.stage, stage) == ("p2", "ft"):
@@ -242,8 +249,6 @@ def broadcast_from_rank0(model: torch.nn.Module) -> None:
     """
     import torch.distributed as dist
 
-    from action_ray.distributed import world_size
-
     if world_size() == 1:
         return
     for tensor in [*model.parameters(), *model.buffers()]:
@@ -257,7 +262,6 @@ def _restore(state, checkpoint: Checkpoint, rank: int) -> None:
     with) gets fresh ones, seeded from the run seed, its rank and the step, so that it never
     replays another rank's augmentations.
     """
-    from action_ray.train.state import stream_seed
 
     state.load_state_dict(checkpoint.train_state)
     if rank < len(checkpoint.rank_rng):
@@ -273,7 +277,6 @@ def _restore(state, checkpoint: Checkpoint, rank: int) -> None:
 def _starting_state(config: Config, settings: LoopSettings, device: torch.device, rank: int,
                     resume: Checkpoint | None, init: Checkpoint | None):
     """(state or None, data position, index of the first stage to train) for a new session."""
-    from action_ray.train.state import build_state
 
     stages = list(config.stages or [])
     if resume is not None:
@@ -334,11 +337,6 @@ def run_stages(
     (``train.init_from``). Every rank reports at the same steps (``report`` is a barrier).
     Returns a summary ``{"stage", "step", "interrupted"}``.
     """
-    from action_ray.distributed import rank as current_rank
-    from action_ray.train.state import build_state
-    from action_ray.train.steps import step_function
-    from action_ray.train.steps.common import crop_batch
-    from action_ray.train.steps.diagnostics import take as take_diagnostics
 
     rank = current_rank()
     history: list[dict[str, Any]] = list(resume.metrics) if resume else []

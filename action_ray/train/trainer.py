@@ -26,19 +26,40 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
-from action_ray.config import PER_WORKER_BATCH_KEYS, STAGE_ORDER, Config, with_workers
+from action_ray.config import PER_WORKER_BATCH_KEYS, STAGE_ORDER, Config, config_from_dict, with_workers
+from action_ray.data.splits import LabelSplit, label_split
+from action_ray.data.streams import StreamSettings, build_streams
 from action_ray.errors import ActionRayError, ConfigError
-from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_worker
-from action_ray.train.follow import ReportFollower
-from action_ray.train.progress import progress_mode_for_this_terminal
-from action_ray.train.tracking import tracking_target_of
 from action_ray.ray_session import start_for_training
 from action_ray.runs.best import read_best
 from action_ray.runs.checkpoint import load_checkpoint_from
 from action_ray.runs.files import read_text, write_file
-from action_ray.runs.layout import CONFIG_FILE, LABEL_SPLIT_FILE, RESULT_FILE, join, run_dir_of, stage_checkpoint
-from action_ray.runs.logs import read_metrics, read_result, read_validation_log, write_result
+from action_ray.runs.layout import (
+    CONFIG_FILE,
+    LABEL_SPLIT_FILE,
+    RESULT_FILE,
+    join,
+    run_dir_of,
+    stage_checkpoint,
+)
+from action_ray.runs.logs import (
+    read_metrics,
+    read_result,
+    read_validation_log,
+    write_result,
+)
 from action_ray.runs.resolve import latest_ray_checkpoint
+from action_ray.store import open_store
+from action_ray.train.curves import write_curves
+from action_ray.train.follow import ReportFollower
+from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_worker
+from action_ray.train.progress import progress_mode_for_this_terminal
+from action_ray.train.tracking import tracking_target_of
+from action_ray.train.validation import (
+    ValidationCallback,
+    ValidationSchedule,
+    labelled_val_cases,
+)
 from action_ray.urls import is_remote, redact
 
 
@@ -57,7 +78,13 @@ def build_trainer(config: Config, settings: LoopSettings, datasets: dict[str, An
     """The `TorchTrainer` of a run: fractional CPU workers or GPU workers, gloo/nccl with the
     configured collective timeout, checkpoints kept per ``train.num_to_keep``, retries per
     ``train.max_failures``, and the given Ray Train ``callbacks`` (validation)."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t = config.train
@@ -140,8 +167,6 @@ def plan_run(config: Config, write: bool = True) -> RunPlan:
     (`check_run_needs`) comes before the first write; ``write=False`` (``--dry-run``) writes
     nothing at all.
     """
-    from action_ray.data.splits import LabelSplit, label_split
-    from action_ray.store import open_store
 
     if not config.data.store:
         raise ConfigError("data.store is not set: pass data.store=PATH_OR_URL (a store made by `action-ray ingest`)")
@@ -159,7 +184,6 @@ def plan_run(config: Config, write: bool = True) -> RunPlan:
         )
     saved_split = None
     if saved_config is not None:
-        from action_ray.config import config_from_dict
         import yaml
 
         previous = config_from_dict(yaml.safe_load(saved_config), join(run_dir, CONFIG_FILE))
@@ -213,8 +237,6 @@ def elastic_resume(config: Config, previous: Config) -> tuple[Config, str]:
 # --------------------------------------------------------------------------------- a run
 def build_datasets(config: Config, split_json: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The labelled / unlabelled Ray Datasets of the split, and the loop's iteration kwargs."""
-    from action_ray.data.splits import LabelSplit
-    from action_ray.data.streams import StreamSettings, build_streams
 
     overrides: dict[str, Any] = {}
     if config.train.deterministic:
@@ -235,7 +257,6 @@ def validation_callbacks(config: Config, run_dir: str, log: Callable[[str], None
     (``train.num_workers=0``: no checkpoints are kept to score) and when the store's val split
     has no labelled case (training still runs; ``--checkpoint best`` then has nothing to serve).
     """
-    from action_ray.train.validation import ValidationCallback, ValidationSchedule, labelled_val_cases
 
     schedule = ValidationSchedule.of(config)
     if "ft" not in (config.stages or []):
@@ -273,7 +294,6 @@ def check_checkpoint(url: str, storage_options: Mapping[str, Any] | None = None)
 
 def _write_run_curves(plan: RunPlan, log: Callable[[str], None]) -> None:
     """``curves.png`` from the run's reports and validations; a plotting failure only warns."""
-    from action_ray.train.curves import write_curves
 
     try:
         where = write_curves(plan.run_dir, read_metrics(plan.run_dir), read_validation_log(plan.run_dir),
@@ -286,7 +306,6 @@ def _write_run_curves(plan: RunPlan, log: Callable[[str], None]) -> None:
 
 def describe_plan(config: Config, plan: RunPlan) -> dict[str, Any]:
     """What ``--dry-run`` prints: run directory, split, stages, steps and resources."""
-    from action_ray.data.splits import LabelSplit
 
     split = LabelSplit.from_json(plan.split_json)
     t = config.train

@@ -30,9 +30,11 @@ from typing import Any, Callable, Mapping
 from ray.train import UserCallback
 
 from action_ray.config import Config
+from action_ray.evaluation import evaluate_run
 from action_ray.runs.best import BestKeeper
 from action_ray.runs.layout import validation_reports
 from action_ray.runs.logs import append_validation_row
+from action_ray.store import open_store
 from action_ray.train.tracking import log_validation, tracking_target_of
 from action_ray.urls import redact, with_protocol
 
@@ -114,7 +116,6 @@ def summary_metrics(summary: Mapping[str, Any], prefix: str) -> dict[str, float]
 def evaluate_checkpoint(run_dir: str, store: str, storage_options: Mapping[str, Any] | None, *,
                         split: str, checkpoint: str, out_dir: str, device: str = EVAL_DEVICE) -> dict[str, float]:
     """Score one checkpoint of a run on ``split``; returns :func:`summary_metrics`."""
-    from action_ray.evaluation import evaluate_run
 
     summary = evaluate_run(run_dir, store, split=split, out_dir=out_dir, checkpoint=checkpoint,
                            storage_options=storage_options, device=device, progress=False)
@@ -123,7 +124,6 @@ def evaluate_checkpoint(run_dir: str, store: str, storage_options: Mapping[str, 
 
 def labelled_val_cases(store: str, storage_options: Mapping[str, Any] | None = None) -> int:
     """How many labelled cases the store's val split has (0: nothing to validate on)."""
-    from action_ray.store import open_store
 
     opened = open_store(store, dict(storage_options or {}) or None)
     return sum(1 for case in opened.list_cases(split="val") if case.has_label)

@@ -31,14 +31,38 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from action_ray.config import Config
+from action_ray.data.splits import label_split
 from action_ray.errors import ActionRayError
 from action_ray.ray_session import start_for_sweep
 from action_ray.runs.files import read_json
-from action_ray.runs.layout import LABEL_SPLIT_FILE, TEST_REPORTS_DIR, VALIDATION_DIR, join, run_dir_of
+from action_ray.runs.layout import (
+    LABEL_SPLIT_FILE,
+    TEST_REPORTS_DIR,
+    VALIDATION_DIR,
+    join,
+    run_dir_of,
+)
 from action_ray.runs.logs import read_validation_log
-from action_ray.train.validation import EVAL_DEVICE, CheckpointValidator, evaluate_checkpoint, ft_checkpoint_step
+from action_ray.store import open_store
 from action_ray.train.tracking import tracking_target_of
-from action_ray.tuning.space import TIME_ATTR, SweepConfig, dump_sweep, sweep_name, trial_config
+from action_ray.train.trainer import check_run_needs, run_training
+from action_ray.train.validation import (
+    EVAL_DEVICE,
+    CheckpointValidator,
+    evaluate_checkpoint,
+    ft_checkpoint_step,
+)
+from action_ray.tuning.outputs import write_results
+from action_ray.tuning.results import trial_rows
+from action_ray.tuning.space import (
+    TIME_ATTR,
+    SweepConfig,
+    check_trials,
+    dump_sweep,
+    sweep_name,
+    trial_config,
+    trial_overrides,
+)
 from action_ray.urls import filesystem_for, is_remote, redact
 
 
@@ -123,7 +147,6 @@ def fit_run(config: Config, callbacks: list[Any]) -> dict[str, Any]:
     """``trainer.run_training`` with the trial's Ray Train callbacks (instead of its default
     validation callback): plan, fit, record ``result.json`` (with the best-on-validation
     checkpoint the callbacks kept)."""
-    from action_ray.train.trainer import run_training
 
     return run_training(config, callbacks=callbacks, log=lambda _line: None, follow=False)
 
@@ -183,10 +206,6 @@ def preflight_trials(sweep: SweepConfig, base: Config) -> list[dict[str, Any]]:
     unlabelled patients, classes). A sweep is scored on validation Dice, so the store needs a
     labelled val case. The error names the trial and says what to change.
     """
-    from action_ray.data.splits import label_split
-    from action_ray.store import open_store
-    from action_ray.train.trainer import check_run_needs
-    from action_ray.tuning.space import check_trials, trial_overrides
 
     combos = check_trials(sweep, base)
     if not base.data.store:
@@ -251,9 +270,6 @@ def run_sweep(sweep: SweepConfig, *, command: str | None = None, resume: bool = 
     """
     import ray.tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    from action_ray.tuning.outputs import write_results
-    from action_ray.tuning.results import trial_rows
 
     base = sweep.base_config()
     combos = preflight_trials(sweep, base)

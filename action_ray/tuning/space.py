@@ -35,9 +35,24 @@ import os
 from typing import Any, Literal, Mapping, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from action_ray.config import Config, apply_overrides, load_config, parse_override, read_source
+from action_ray.config import (
+    Config,
+    apply_overrides,
+    check_path_name,
+    config_from_dict,
+    load_config,
+    parse_override,
+    read_source,
+)
 from action_ray.errors import ConfigError
 
 #: Domain name in the YAML -> (ray.tune function, what its argument must be).
@@ -78,8 +93,6 @@ class TuneSettings(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str | None) -> str | None:
-        from action_ray.config import check_path_name
-
         return check_path_name(value, "tune.name")
 
     @property
@@ -112,7 +125,6 @@ class SweepConfig(BaseModel):
         if isinstance(self.base, str):
             return load_config(self.base, overrides)
         tree = apply_overrides(json.loads(json.dumps(self.base)), overrides)
-        from action_ray.config import config_from_dict
 
         return config_from_dict(tree, f"{self.origin}: base")
 
@@ -182,7 +194,6 @@ def trial_config(base: Mapping[str, Any], params: Mapping[str, Any], **bookkeepi
     ``bookkeeping`` are further dotted keys set last (``train.run_name=...``). Changing
     ``method`` also resets ``stages`` to that method's stages unless the trial sets them.
     """
-    from action_ray.config import config_from_dict
 
     overrides = trial_overrides(params)
     overrides.update(bookkeeping)
