@@ -104,6 +104,27 @@ def test_unlabelled_cases_and_list_filters(store):
     assert store.read_patch("d_tst", (slice(0, 2), slice(0, 3), slice(0, 3)))[1] is None
 
 
+def test_many_cases_read_their_metadata_in_one_batch(store, monkeypatch):
+    image, label = smooth_volume((3, 8, 8), seed=3)
+    for case_id, split in (("a", "train"), ("b", "val"), ("c", "train")):
+        store.write_case(meta(case_id, split=split), image, label)
+    store.write_case(meta("half"), image, label)
+    _break_marker(store, "half")
+    reader = open_store(store.url)
+    one_by_one = []
+    monkeypatch.setattr(reader._catalog, "read_marker", lambda case_id: one_by_one.append(case_id))
+
+    infos = reader.cases(["c", "a", "c", "b"])
+    assert [(i.case_id, i.split) for i in infos] == [("c", "train"), ("a", "train"), ("c", "train"), ("b", "val")]
+    assert infos == [store.case(i) for i in ("c", "a", "c", "b")]
+    assert one_by_one == []  # one batch read, never a round trip per case
+    monkeypatch.undo()
+    with pytest.raises(StoreError, match="'half' is incomplete"):
+        reader.cases(["a", "half"])
+    with pytest.raises(StoreError, match="no case 'nope'"):
+        reader.cases(["nope"])
+
+
 def _break_marker(store, case_id):
     """Make a complete case look like a killed writer's leftover: no marker, a chunk gone."""
     os.remove(f"{store.url}/complete/{case_id}.json")

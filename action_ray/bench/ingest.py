@@ -11,12 +11,20 @@ fresh child process (so peak RSS is that run's alone, imports included):
 
 MB/s counts the source bytes as stored (gzip-compressed). Peak RSS is the largest resident
 set of the run's process or any of its worker processes (``getrusage`` self and children);
-it must not grow with the collection size, because each task holds one case at a time.
+it must not grow with the collection size, because each task holds one case at a time, and
+neither may the seconds per volume.
+
+``--s3`` runs the same modes S3 -> S3: the benchmark starts a moto S3 server on 127.0.0.1
+(:mod:`action_ray.bench.local_s3`), uploads the generated collection to it, gives each run a
+fresh destination prefix and stops the server at the end. The server runs in the benchmark's
+own process, so its work is not in a run's peak RSS, but its CPU time competes with the run's
+on a small machine; the volumes are smaller by default (64x64x8) to keep it quick.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -25,9 +33,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from action_ray.bench.children import parse_sizes, run_child
 from action_ray.errors import ConfigError
 
 MODES = ("raw", "threads", "processes")
+#: In-plane matrix and slices of the random volumes: (local, --s3).
+DEFAULT_SIZE, DEFAULT_SLICES = (128, 64), (12, 8)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,9 +47,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modes", default=",".join(MODES), help=f"subset of {','.join(MODES)}")
     parser.add_argument("--source", choices=("random", "phantoms"), default="random",
                         help="random: smooth noise volumes (instant); phantoms: action_ray.synth cardiac phantoms")
-    parser.add_argument("--size", type=int, default=128, help="in-plane matrix of random volumes (default 128)")
-    parser.add_argument("--slices", type=int, default=12, help="slices per random volume (default 12)")
+    parser.add_argument("--size", type=int, help="in-plane matrix of random volumes (default 128; 64 with --s3)")
+    parser.add_argument("--slices", type=int, help="slices per random volume (default 12; 8 with --s3)")
     parser.add_argument("--workdir", help="keep inputs/outputs here instead of a temporary folder")
+    parser.add_argument("--s3", action="store_true",
+                        help="source and destination on a local moto S3 server the benchmark starts "
+                             "(needs pip install 'moto[server]')")
 
 
 # ----------------------------------------------------------------------------------- inputs
@@ -77,34 +91,41 @@ def source_bytes(root: Path) -> int:
 
 
 # ---------------------------------------------------------------------------- child process
-def _child_raw(src: Path, dst: Path, workers: int) -> None:
-    """The limit: nibabel decode + ``np.save`` of every file, ``workers`` threads."""
+def _child_raw(src: str, dst: str, workers: int) -> None:
+    """The limit: nibabel decode + ``np.save`` of every file, ``workers`` threads (local or S3)."""
     import gzip
+    import io
     from concurrent.futures import ThreadPoolExecutor
 
     import nibabel as nib
     import numpy as np
 
     from action_ray.io.nifti import from_nifti_axes
+    from action_ray.urls import filesystem_for
 
-    dst.mkdir(parents=True, exist_ok=True)
-    files = sorted(src.rglob("*.nii.gz"))
+    src_fs, src_root = filesystem_for(src)
+    dst_fs, dst_root = filesystem_for(dst)
+    dst_fs.makedirs(dst_root, exist_ok=True)
+    files = sorted(src_fs.glob(f"{src_root}/**/*.nii.gz"))
 
-    def convert(path: Path) -> None:
+    def convert(path: str) -> None:
         # the fastest decode there is for a whole file (one read, one gzip pass; nibabel's
         # streaming reader is several times slower), then the voxels written uncompressed
-        image = nib.Nifti1Image.from_bytes(gzip.decompress(path.read_bytes()))
+        image = nib.Nifti1Image.from_bytes(gzip.decompress(src_fs.cat_file(path)))
         data = np.asarray(image.dataobj)
-        np.save(dst / (path.name.replace(".nii.gz", "") + ".npy"), from_nifti_axes(data))
+        buffer = io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(from_nifti_axes(data)))
+        name = path.rsplit("/", 1)[-1].replace(".nii.gz", "")
+        dst_fs.pipe_file(f"{dst_root}/{name}.npy", buffer.getvalue())
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(convert, files))
 
 
-def _child_ingest(src: Path, dst: Path, workers: int, scheduler: str) -> None:
+def _child_ingest(src: str, dst: str, workers: int, scheduler: str) -> None:
     from action_ray.ingest.runner import IngestOptions, run_ingest
 
-    report = run_ingest(IngestOptions(src=str(src), dst=str(dst), layout="acdc", recipe="phantom-cardiac",
+    report = run_ingest(IngestOptions(src=src, dst=dst, layout="acdc", recipe="phantom-cardiac",
                                       workers=workers, scheduler=scheduler, progress=False), say=lambda _: None)
     if report.count("failed"):
         raise SystemExit(f"ingest skipped {report.count('failed')} cases")
@@ -114,11 +135,13 @@ def child_main(argv: list[str]) -> None:
     """``python -m action_ray.bench.ingest MODE SRC DST WORKERS``: run once, print JSON."""
     import resource
 
-    mode, src, dst, workers = argv[0], Path(argv[1]), Path(argv[2]), int(argv[3])
+    mode, src, dst, workers = argv[0], argv[1], argv[2], int(argv[3])
     import action_ray.ingest.runner  # noqa: F401  imports are not part of the throughput
     import action_ray.store  # noqa: F401
     import dask.threaded  # noqa: F401
     import nibabel  # noqa: F401
+    if src.startswith("s3://"):
+        import s3fs  # noqa: F401
 
     started = time.perf_counter()
     if mode == "raw":
@@ -131,60 +154,117 @@ def child_main(argv: list[str]) -> None:
     print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
 
 
-def measure(mode: str, src: Path, dst: Path, workers: int) -> dict:
-    result = subprocess.run([sys.executable, "-m", "action_ray.bench.ingest", mode, str(src), str(dst), str(workers)],
-                            capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"bench child {mode} failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def measure(mode: str, src: str, dst: str, workers: int, env: dict[str, str] | None = None) -> dict:
+    """One run of ``mode`` in a fresh child process; ``env`` adds variables (the S3 server's)."""
+    return run_child("action_ray.bench.ingest", [mode, src, dst, str(workers)], {**os.environ, **(env or {})})
 
 
 # ------------------------------------------------------------------------------------ driver
 def run(args: argparse.Namespace) -> int:
-    try:
-        sizes = [int(s) for s in str(args.cases).split(",") if s.strip()]
-    except ValueError:
-        raise ConfigError(f"--cases {args.cases!r}: give comma-separated integers, e.g. 20,80") from None
+    sizes = parse_sizes(args.cases, "20,80")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not sizes or min(sizes) < 1 or any(m not in MODES for m in modes):
         raise ConfigError(f"--cases needs positive sizes and --modes a subset of {','.join(MODES)}")
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+    args.size = args.size or DEFAULT_SIZE[args.s3]
+    args.slices = args.slices or DEFAULT_SLICES[args.s3]
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp, contextlib.ExitStack() as stack:
         work = Path(args.workdir or tmp)
+        place = stack.enter_context(S3Place.started()) if args.s3 else LocalPlace(work)
         rows = []
         for n in sizes:
-            src = work / f"src-{args.source}-{n}"
+            src = work / f"src-{args.source}-{n}{'' if args.source == 'phantoms' else f'-{args.size}x{args.slices}'}"
             if not src.exists():
                 if args.source == "phantoms":
                     write_phantom_acdc(src, n, args.workers)
                 else:
                     write_random_acdc(src, n, args.size, args.slices)
             n_bytes = source_bytes(src)
+            src_url = place.source(src)
             for mode in modes:
-                out = work / f"out-{mode}-{n}"
-                subprocess.run(["rm", "-rf", str(out)], check=True)
-                numbers = measure(mode, src, out, args.workers)
+                out = place.fresh_output(f"out-{mode}-{n}")
+                numbers = measure(mode, src_url, out, args.workers, place.env)
+                place.done_with(out)
                 rows.append((n, mode, n_bytes, numbers))
         print_table(rows, args)
     return 0
 
 
+class LocalPlace:
+    """Source and outputs on the local disk, in ``work`` (outputs kept for inspection)."""
+
+    def __init__(self, work: Path):
+        self.work = work
+        self.env: dict[str, str] = {}
+
+    def source(self, local: Path) -> str:
+        return str(local)
+
+    def fresh_output(self, name: str) -> str:
+        out = self.work / name
+        subprocess.run(["rm", "-rf", str(out)], check=True)
+        return str(out)
+
+    def done_with(self, url: str) -> None:
+        pass
+
+
+class S3Place:
+    """Source and outputs in one bucket of a local moto server; outputs are deleted once
+    measured, since the server holds every object in memory."""
+
+    def __init__(self, s3):
+        from action_ray.urls import filesystem_for
+
+        self.bucket = s3.new_bucket("bench-ingest")
+        self.storage_options = s3.storage_options
+        self.fs = filesystem_for(f"s3://{self.bucket}", self.storage_options)[0]
+        self.env = s3.env
+
+    @classmethod
+    @contextlib.contextmanager
+    def started(cls):
+        from action_ray.bench.local_s3 import local_s3_server
+
+        with local_s3_server() as s3:
+            yield cls(s3)
+
+    def source(self, local: Path) -> str:
+        """Upload the generated collection (once per size) and return its URL."""
+        key = f"{self.bucket}/{local.name}"
+        self.fs.put(f"{local}/", key, recursive=True)
+        return f"s3://{key}"
+
+    def fresh_output(self, name: str) -> str:
+        return f"s3://{self.bucket}/{name}"
+
+    def done_with(self, url: str) -> None:
+        self.fs.rm(url.removeprefix("s3://"), recursive=True)
+
+
 def print_table(rows: list, args: argparse.Namespace) -> None:
-    print(f"bench ingest: {args.source} ACDC-layout collections, {args.workers} workers, cpu_count={os.cpu_count()}")
-    print(f"{'volumes':>7}  {'mode':<17} {'MB in':>7} {'seconds':>8} {'MB/s':>8} {'vs raw':>7} {'peak RSS MB':>12}")
+    shape = "" if args.source == "phantoms" else f" of {args.size}x{args.size}x{args.slices}"
+    where = "S3 -> S3 on a local moto server" if args.s3 else "local disk"
+    print(f"bench ingest: {args.source} ACDC-layout collections{shape}, {where}, {args.workers} workers, "
+          f"cpu_count={os.cpu_count()}")
+    print(f"{'volumes':>7}  {'mode':<17} {'MB in':>7} {'seconds':>8} {'MB/s':>8} {'vs raw':>7} {'peak RSS MB':>12} "
+          f"{'s/volume':>9}")
     raw_speed = {n: b / 1e6 / r["seconds"] for n, mode, b, r in rows if mode == "raw"}
     for n, mode, n_bytes, numbers in rows:
         speed = n_bytes / 1e6 / numbers["seconds"]
         ratio = f"{speed / raw_speed[n]:.2f}" if n in raw_speed else "-"
         name = "raw (limit)" if mode == "raw" else f"ingest {mode}"
         print(f"{n:>7}  {name:<17} {n_bytes / 1e6:>7.2f} {numbers['seconds']:>8.2f} {speed:>8.3f} {ratio:>7} "
-              f"{numbers['peak_rss_mb']:>12.0f}")
-    by_mode: dict[str, list[float]] = {}
-    for n, mode, _, numbers in sorted(rows):
-        by_mode.setdefault(mode, []).append(numbers["peak_rss_mb"])
-    for mode, peaks in by_mode.items():
-        if len(peaks) > 1:
-            print(f"peak RSS {mode}: largest/smallest collection = {peaks[-1] / peaks[0]:.2f}x "
+              f"{numbers['peak_rss_mb']:>12.0f} {numbers['seconds'] / n:>9.4f}")
+    by_mode: dict[str, list[tuple[int, dict]]] = {}
+    for n, mode, _, numbers in sorted(rows, key=lambda row: row[0]):
+        by_mode.setdefault(mode, []).append((n, numbers))
+    for mode, runs in by_mode.items():
+        (small, first), (large, last) = runs[0], runs[-1]
+        if large > small:
+            print(f"peak RSS {mode}: largest/smallest collection = {last['peak_rss_mb'] / first['peak_rss_mb']:.2f}x "
                   f"(flat means bounded memory)")
+            per_volume = (last["seconds"] / large) / (first["seconds"] / small)
+            print(f"s/volume {mode}: {large}/{small} volumes = {per_volume:.2f}x (flat: <= 1.3x)")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "phantoms": ("action_ray.bench.phantoms", "CPU-s per phantom volume and class fractions vs targets"),
     "codecs": ("action_ray.bench.codecs", "store compressors: ratio, write MB/s, read-one-slice ms"),
     "ingest": ("action_ray.bench.ingest", "ingest MB/s vs raw read+write, and peak RSS vs collection size"),
+    "catalog": ("action_ray.bench.catalog", "listing, info and the training read plan: seconds per case vs store size"),
     "step": ("action_ray.bench.step", "per-stage step time vs a bare UNet forward/backward"),
     "stream": ("action_ray.bench.stream", "Ray Data samples/s vs a direct read loop vs step consumption"),
     "scale": ("action_ray.bench.scale", "P2/FT step at 1, 2, 4 workers and its communication share; --model: GPUs"),

@@ -48,6 +48,7 @@ from action_ray.data.resize import IMAGE_MODES, resize_slices
 from action_ray.errors import ConfigError, StoreError
 from action_ray.io.normalise import NormalisationSpec, normalise_array, resolve_spec
 from action_ray.store import open_store
+from action_ray.store.bulk import cyclic_gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +186,8 @@ class VolumeSliceDatasource(Datasource):
         self.normalisation = resolve_spec(getattr(store, "dataset_meta", {}), normalisation)
         self.case_table: tuple[str, ...] = tuple(dict.fromkeys(case_ids))
         entries = []
-        for index, case_id in enumerate(self.case_table):
-            info = store.case(case_id)
+        # one batch of metadata reads for every case, not one round trip per case (store.cases)
+        for index, (case_id, info) in enumerate(zip(self.case_table, store.cases(self.case_table))):
             entries.append(
                 CaseEntry(
                     index=index,
@@ -287,17 +288,18 @@ class VolumeSliceDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context=None) -> list:
         """Ray entry point; ``parallelism`` is ignored in favour of byte-sized tasks (module doc)."""
         read_tasks = []
-        for units in self.plan_tasks():
-            rows = sum(self.unit_rows(u) for u in units)
-            size = sum(self.unit_rows(u) * self.row_bytes(self.cases[u.case]) for u in units)
-            metadata = BlockMetadata(num_rows=rows, size_bytes=int(size), input_files=None, exec_stats=None)
-            read_tasks.append(
-                ReadTask(
-                    functools.partial(_read_units, self._task_context(), tuple(units)),
-                    metadata,
-                    per_task_row_limit=per_task_row_limit,
+        with cyclic_gc_paused():  # a few objects per case: per-case cost flat in the plan size
+            for units in self.plan_tasks():
+                rows = sum(self.unit_rows(u) for u in units)
+                size = sum(self.unit_rows(u) * self.row_bytes(self.cases[u.case]) for u in units)
+                metadata = BlockMetadata(num_rows=rows, size_bytes=int(size), input_files=None, exec_stats=None)
+                read_tasks.append(
+                    ReadTask(
+                        functools.partial(_read_units, self._task_context(), tuple(units)),
+                        metadata,
+                        per_task_row_limit=per_task_row_limit,
+                    )
                 )
-            )
         return read_tasks
 
     def _task_context(self) -> "_TaskContext":

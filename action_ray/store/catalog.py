@@ -117,24 +117,36 @@ class Catalog:
                 docs[case_id] = (cached["doc"], etag)
             else:
                 missing.append(case_id)
-        if missing:
-            paths = {self._path(marker_key(i)): i for i in missing}
-            try:
-                raw = self._fs.cat(list(paths), on_error="return")
-            except Exception as exc:
-                raise self._fail("cannot read completion markers", "check the endpoint/bucket is reachable",
-                                 exc) from None
-            for path, case_id in paths.items():
-                value = raw.get(path, FileNotFoundError(path))
-                if isinstance(value, FileNotFoundError):
-                    continue  # removed since the listing: no longer complete
-                if isinstance(value, BaseException):
-                    raise self._fail(f"cannot read the marker of case {case_id!r}",
-                                     "check the endpoint/bucket is reachable", value)
-                doc = _parse(value)
-                if doc is not None:
-                    docs[case_id] = (doc, listed[case_id])
+        for case_id, doc in self.read_markers(missing).items():
+            docs[case_id] = (doc, listed[case_id])
         return dict(sorted(docs.items()))
+
+    def read_markers(self, case_ids: list[str]) -> dict[str, dict]:
+        """case id -> marker document of those ``case_ids`` that are complete, in one batch.
+
+        One concurrent batch of reads (s3fs issues them in parallel), so the metadata of
+        thousands of cases costs a few round-trip latencies, not one per case.
+        """
+        if not case_ids:
+            return {}
+        paths = {self._path(marker_key(i)): i for i in case_ids}
+        try:
+            raw = self._fs.cat(list(paths), on_error="return")
+        except Exception as exc:
+            raise self._fail("cannot read completion markers", "check the endpoint/bucket is reachable",
+                             exc) from None
+        docs: dict[str, dict] = {}
+        for path, case_id in paths.items():
+            value = raw.get(path, FileNotFoundError(path))
+            if isinstance(value, FileNotFoundError):
+                continue  # absent, or removed since the listing: not complete
+            if isinstance(value, BaseException):
+                raise self._fail(f"cannot read the marker of case {case_id!r}",
+                                 "check the endpoint/bucket is reachable", value)
+            doc = _parse(value)
+            if doc is not None:
+                docs[case_id] = doc
+        return docs
 
     # -------------------------------------------------------------------------------- index
     def _read_index(self) -> dict[str, dict]:

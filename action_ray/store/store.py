@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from action_ray import __version__
 from action_ray.errors import CaseError, StoreError
 from action_ray.io.normalise import intensity_stats
 from action_ray.store import ome
+from action_ray.store.bulk import cyclic_gc_paused
 from action_ray.store.catalog import Catalog
 from action_ray.store.codecs import (
     IMAGE_CODEC_NAME, LABEL_CODEC_NAME, chunk_shape, image_compressors, label_compressors,
@@ -240,14 +241,15 @@ class VolumeStore:
     def list_cases(self, split: str | None = None, has_label: bool | None = None) -> list[CaseInfo]:
         """Complete cases sorted by id, optionally only one split and/or only (un)labelled ones."""
         infos = []
-        for case_id, (doc, _) in self._catalog.complete_docs().items():
-            info = info_from_attrs({ATTRS_KEY: doc})
-            self._infos.setdefault(case_id, info)
-            if split is not None and info.split != split:
-                continue
-            if has_label is not None and info.has_label != has_label:
-                continue
-            infos.append(info)
+        with cyclic_gc_paused():  # per-case cost flat in the store size (bulk.py)
+            for case_id, (doc, _) in self._catalog.complete_docs().items():
+                info = info_from_attrs({ATTRS_KEY: doc})
+                self._infos.setdefault(case_id, info)
+                if split is not None and info.split != split:
+                    continue
+                if has_label is not None and info.has_label != has_label:
+                    continue
+                infos.append(info)
         return infos
 
     def finalize(self) -> int:
@@ -296,6 +298,19 @@ class VolumeStore:
                 raise self._error(f"no case {case_id!r}", "list the cases with `action-ray info STORE`")
             info = self._infos[case_id] = info_from_attrs({ATTRS_KEY: doc})
         return info
+
+    def cases(self, case_ids: Sequence[str]) -> list[CaseInfo]:
+        """Metadata of many complete cases, in the order given (a repeated id repeats its info).
+
+        The markers not cached yet are read in one concurrent batch, where calling :meth:`case`
+        for each id costs one round trip per case: planning the read of 10,000 cases on S3 then
+        takes seconds, not minutes. Raises like :meth:`case` for an absent or incomplete id.
+        """
+        missing = [i for i in dict.fromkeys(case_ids) if i not in self._infos]
+        with cyclic_gc_paused():  # per-case cost flat in the number of cases (bulk.py)
+            for case_id, doc in self._catalog.read_markers(missing).items():
+                self._infos[case_id] = info_from_attrs({ATTRS_KEY: doc})
+        return [self.case(i) for i in case_ids]
 
     def spacing(self, case_id: str) -> tuple[float, float, float]:
         """(sz, sy, sx) in mm, in array axis order."""

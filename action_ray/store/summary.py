@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from action_ray.store.bulk import cyclic_gc_paused
 from action_ray.urls import redact
 
 
@@ -21,7 +22,11 @@ def _min_median_max(values: list[float]) -> dict[str, float] | None:
 
 def summarise(store) -> dict[str, Any]:
     """Everything ``info`` prints, as one JSON-ready dictionary."""
+    with cyclic_gc_paused():  # a few objects per case: per-case cost flat in the store size (bulk.py)
+        return _summary(store)
 
+
+def _summary(store) -> dict[str, Any]:
     cases = store.list_cases()
     splits: dict[str, dict[str, int]] = {}
     for case in cases:
