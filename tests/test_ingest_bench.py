@@ -72,7 +72,8 @@ def test_bench_ingest_s3_round_trips_through_a_local_server_it_stops(tmp_path, c
     assert [" ".join(r[1:3]) for r in rows] == ["raw (limit)", "ingest threads"]
     for row in rows:
         seconds, per_volume, rss = float(row[4]), float(row[-1]), float(row[-2])
-        assert seconds > 0 and per_volume == pytest.approx(seconds / 4, abs=1e-3) and rss > 10
+        # seconds is printed to 0.01 s: a quarter of its rounding error is 1.25 ms
+        assert seconds > 0 and per_volume == pytest.approx(seconds / 4, abs=1.5e-3) and rss > 10
     assert len(set(endpoints)) == 1 and not endpoint_is_up(endpoints[0])  # the server is stopped
 
 
