@@ -26,7 +26,7 @@ from pydantic import (
 
 from action_ray.errors import ConfigError
 from action_ray.io.normalise import METHODS, NormalisationSpec
-from action_ray.store.schema import SPLITS
+from action_ray.store.schema import MAX_CLASS_INDEX, SPLITS
 
 #: Layout -> recipe used when ``action-ray ingest`` gets no ``--recipe``.
 DEFAULT_RECIPE_FOR_LAYOUT = {"acdc": "acdc", "lits": "lits", "msd": "msd"}
@@ -85,8 +85,9 @@ class Recipe(BaseModel):
     def _background_first(cls, classes: dict[int, str]) -> dict[int, str]:
         if 0 not in classes:
             raise ValueError("classes must include 0 (background)")
-        if any(not 0 <= k <= 255 for k in classes):
-            raise ValueError("class indices must be in 0..255 (labels are stored as uint8)")
+        if any(not 0 <= k <= MAX_CLASS_INDEX for k in classes):
+            raise ValueError(f"class indices must be in 0..{MAX_CLASS_INDEX} (labels are stored as uint8, "
+                             "and 255 marks a row without a label in the training stream)")
         return dict(sorted(classes.items()))
 
     def split_assignment(self) -> dict[str, str] | None:

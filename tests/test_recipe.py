@@ -87,12 +87,12 @@ def test_adamw_onecycle_warms_up_then_anneals():
 
 
 def test_pseudo_label_ramp():
-    config = load_config("cpu-demo", ["schedule.ft.iterations=1000", "ft.unsup_rampup=0.4"])
-    assert pseudo_label_weight(0, config) == pytest.approx(math.exp(-5))
-    assert pseudo_label_weight(200, config) == pytest.approx(math.exp(-5 * 0.25))
-    assert pseudo_label_weight(400, config) == pytest.approx(1.0)
-    published = load_config("cpu-demo", ["schedule.ft.iterations=1000"])
-    assert pseudo_label_weight(0, published) == 1.0
+    ft = load_config("cpu-demo", ["ft.unsup_rampup=0.4"]).ft
+    assert pseudo_label_weight(0, 1000, ft) == pytest.approx(math.exp(-5))
+    assert pseudo_label_weight(200, 1000, ft) == pytest.approx(math.exp(-5 * 0.25))
+    assert pseudo_label_weight(400, 1000, ft) == pytest.approx(1.0)
+    published = load_config("cpu-demo", []).ft
+    assert pseudo_label_weight(0, 1000, published) == 1.0
 
 
 def test_gradient_alignment_measures_ratio_and_direction():

@@ -90,3 +90,15 @@ def test_bad_recipes_name_the_key(tmp_path):
     assert "classes" in message and "normalisation" in message and "split" in message
     with pytest.raises(ConfigError, match="not found"):
         load_recipe("no-such-dataset")
+
+
+def test_class_255_is_refused_because_the_stream_uses_it_for_no_label(tmp_path):
+    """A stored class 255 would be read back by the training stream as "no label here" and
+    ignored by the losses, silently; the recipe must refuse it and say why."""
+    path = tmp_path / "r.yaml"
+    path.write_text("name: x\ntitle: x\nmodality: CT\nlayout: lits\nclasses: {0: background, 255: rim}\n"
+                    "normalisation: {method: window, low: 0, high: 1}\nsplit: {rule: seed}\n")
+    with pytest.raises(ConfigError, match=r"classes.*0\.\.254.*255 marks a row without a label"):
+        load_recipe(str(path))
+    path.write_text(path.read_text().replace("255: rim", "254: rim"))
+    assert load_recipe(str(path)).classes == {0: "background", 254: "rim"}

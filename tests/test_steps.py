@@ -21,6 +21,7 @@ from action_ray.train.steps import (
     mean_teacher_step,
     p1_step,
     p2_step,
+    bind_step,
     step_function,
     supervised_step,
 )
@@ -67,8 +68,14 @@ def ft_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"image_l": images[:2], "label_l": labels[:2], "image_u": images[2:]}
 
 
+def call(step, state, batch, config):
+    """``step`` on ``batch`` with the config section the step table says it takes."""
+    section = {function: name for function, name in STEP_FUNCTIONS.values()}[step]
+    return step(state, batch) if section is None else step(state, batch, getattr(config, section))
+
+
 def run(state, step, batch, config, steps: int) -> list[float]:
-    return [step(state, batch, config)["loss"].item() for _ in range(steps)]
+    return [call(step, state, batch, config)["loss"].item() for _ in range(steps)]
 
 
 STAGES = {
@@ -93,11 +100,25 @@ def test_each_step_overfits_a_fixed_batch(name):
 
 
 def test_step_function_table_and_unknown_pairs():
-    assert step_function("action", "p2") is p2_step
-    assert step_function("action_ft_only", "ft") is ft_step
+    assert step_function("action", "p2") == (p2_step, "distill")
+    assert step_function("action_ft_only", "ft") == (ft_step, "ft")
+    assert step_function("supervised", "ft") == (supervised_step, None)
     assert set(STEP_FUNCTIONS) >= {("supervised", "ft"), ("mean_teacher", "ft")}
     with pytest.raises(ConfigError, match="no step for method=supervised stage=p1"):
         step_function("supervised", "p1")
+
+
+def test_bind_step_gives_each_step_its_own_config_section():
+    """The loop's bound step is the step called with the section the table names: the same
+    losses as the direct call, and the section it binds is the one that changes the result."""
+    config = make_config("distill.global_weight=0.25")
+    bound = bind_step(config, "p2")
+    direct = p2_step(build_state(config, NUM_CLASSES, "cpu", "p2"), pretrain_batch(), config.distill)
+    via_bind = bound(build_state(config, NUM_CLASSES, "cpu", "p2"), pretrain_batch())
+    assert {k: v.item() for k, v in via_bind.items()} == {k: v.item() for k, v in direct.items()}
+    default = bind_step(make_config(), "p2")(build_state(config, NUM_CLASSES, "cpu", "p2"), pretrain_batch())
+    assert default["loss"].item() != via_bind["loss"].item()  # global_weight 1 vs 0.25 in the sum
+    assert bind_step(make_config("method=supervised"), "ft") is supervised_step
 
 
 def test_p1_trains_the_encoder_only_and_leaves_the_decoder_at_init():
@@ -137,8 +158,8 @@ def test_p2_supervised_loss_ignores_the_labels_of_unlabelled_images():
     batch = pretrain_batch()
     scrambled = dict(batch, label=batch["label"].clone())
     scrambled["label"][2:] = (scrambled["label"][2:] + 1) % NUM_CLASSES
-    a = p2_step(build_state(config, NUM_CLASSES, "cpu", "p2"), batch, config)
-    b = p2_step(build_state(config, NUM_CLASSES, "cpu", "p2"), scrambled, config)
+    a = p2_step(build_state(config, NUM_CLASSES, "cpu", "p2"), batch, config.distill)
+    b = p2_step(build_state(config, NUM_CLASSES, "cpu", "p2"), scrambled, config.distill)
     assert torch.equal(a["supervised"], b["supervised"])
     assert torch.equal(a["loss"], b["loss"])
 
@@ -162,10 +183,10 @@ def test_state_dict_round_trip_continues_the_same_trajectory(stage):
     batches = [pretrain_batch(i) if stage == "p2" else ft_batch(i) for i in range(6)]
 
     straight = build_state(config, NUM_CLASSES, "cpu", stage)
-    expected = [step(straight, b, config)["loss"].item() for b in batches]
+    expected = [call(step, straight, b, config)["loss"].item() for b in batches]
 
     first = build_state(config, NUM_CLASSES, "cpu", stage)
-    got = [step(first, b, config)["loss"].item() for b in batches[:3]]
+    got = [call(step, first, b, config)["loss"].item() for b in batches[:3]]
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     # a different seed everywhere: everything that matters must come from the checkpoint
@@ -175,7 +196,7 @@ def test_state_dict_round_trip_continues_the_same_trajectory(stage):
     buffer.seek(0)
     resumed.load_state_dict(torch.load(buffer, weights_only=True))
     assert resumed.step == 3
-    got += [step(resumed, b, config)["loss"].item() for b in batches[3:]]
+    got += [call(step, resumed, b, config)["loss"].item() for b in batches[3:]]
     assert got == expected
 
 
@@ -246,16 +267,16 @@ def test_shuffle_bn_puts_the_teacher_outputs_back_in_batch_order():
     moved = shuffle_batch(x, probe)[0]
     assert all(not torch.equal(moved[i], x[i]) for i in range(4)), "the draw must move every image"
     before = state.generator.get_state()
-    logits, latent = teacher_forward(state, x, config)
+    logits, latent = teacher_forward(state, x, config.distill)
     assert not torch.equal(state.generator.get_state(), before), "the batch was not shuffled"
     after = state.generator.get_state()
-    plain_logits, plain_latent = teacher_forward(state, x, make_config())
+    plain_logits, plain_latent = teacher_forward(state, x, make_config().distill)
     assert torch.equal(state.generator.get_state(), after)
     torch.testing.assert_close(logits, plain_logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(latent, plain_latent, rtol=1e-4, atol=1e-5)
     assert not torch.allclose(latent[0], latent[1]), "images must differ for the check to bite"
     for stage, step in (("p1", p1_step), ("p2", p2_step)):
-        out = step(build_state(config, NUM_CLASSES, "cpu", stage), pretrain_batch(), config)
+        out = step(build_state(config, NUM_CLASSES, "cpu", stage), pretrain_batch(), config.distill)
         assert torch.isfinite(out["loss"])
 
 
@@ -263,7 +284,7 @@ def test_options_teacher_head_grad_and_faithful_local_layout_train():
     config = make_config("distill.teacher_head=grad", "distill.local_layout=faithful")
     state = build_state(config, NUM_CLASSES, "cpu", "p2")
     local_k = _snapshot(state.model.local_k)
-    out = p2_step(state, pretrain_batch(), config)
+    out = p2_step(state, pretrain_batch(), config.distill)
     assert torch.isfinite(out["loss"])
     # with teacher_head=grad the k-heads learn through the KL target (published 2-D code)
     assert not all(torch.equal(a, b) for a, b in zip(state.model.local_k.parameters(), local_k))
@@ -272,10 +293,10 @@ def test_options_teacher_head_grad_and_faithful_local_layout_train():
 def test_ft_with_bank_negatives_fills_the_pixel_bank_and_geo_aug_runs():
     config = make_config("ft.anco_negatives=bank", "ft.geo_aug=true", "ft.teacher_eval=true")
     state = build_state(config, NUM_CLASSES, "cpu", "ft")
-    first = ft_step(state, ft_batch(), config)
+    first = ft_step(state, ft_batch(), config.ft)
     assert first["anatomical_contrast"].item() == 0.0  # empty bank: no negatives yet
     assert state.pixel_bank.filled.tolist() == [config.ft.num_queries] * NUM_CLASSES
-    second = ft_step(state, ft_batch(), config)
+    second = ft_step(state, ft_batch(), config.ft)
     assert second["anatomical_contrast"].item() > 0.0
 
 
@@ -290,7 +311,7 @@ def test_ft_teacher_bn_statistics_follow_the_student_only_in_eval_mode(teacher_e
     config = make_config(f"ft.teacher_eval={str(teacher_eval).lower()}", "ema_momentum=0.5")
     state = build_state(config, NUM_CLASSES, "cpu", "ft")
     before = _running_means(state.model.teacher).clone()
-    ft_step(state, ft_batch(), config)
+    ft_step(state, ft_batch(), config.ft)
     teacher, student = _running_means(state.model.teacher), _running_means(state.model.student)
     assert not torch.equal(teacher, before)  # train mode: its own forward; eval mode: the EMA
     if teacher_eval:
@@ -301,7 +322,7 @@ def test_ft_teacher_bn_statistics_follow_the_student_only_in_eval_mode(teacher_e
 
 def test_step_returns_detached_tensors():
     config = make_config()
-    out = p2_step(build_state(config, NUM_CLASSES, "cpu", "p2"), pretrain_batch(), config)
+    out = p2_step(build_state(config, NUM_CLASSES, "cpu", "p2"), pretrain_batch(), config.distill)
     assert all(isinstance(v, torch.Tensor) and not v.requires_grad and v.dim() == 0 for v in out.values())
 
 
@@ -319,7 +340,7 @@ def test_full_p2_step_stays_finite_for_200_steps_at_sharp_teacher_temperature():
             "label": torch.randint(0, NUM_CLASSES, (4, SIZE, SIZE), generator=g),
             "labelled": torch.tensor([True, True, False, False]),
         }
-        losses.append(torch.stack(list(p2_step(state, batch, config).values())))
+        losses.append(torch.stack(list(p2_step(state, batch, config.distill).values())))
     assert torch.isfinite(torch.stack(losses)).all()
     assert all(torch.isfinite(p).all() for p in state.model.parameters())
 

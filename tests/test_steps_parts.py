@@ -128,10 +128,10 @@ def test_3d_p2_and_ft_steps_run_on_tiny_patches():
     labels = (images[:, 0] > 0).long()
     p2 = build_state(config, 2, "cpu", "p2")
     assert p2.local_bank.keys.shape[1] == 27  # 3 windows of 8 (stride 4, last included) per axis
-    out = p2_step(p2, {"image": images, "label": labels, "labelled": torch.tensor([1, 1, 0, 0]).bool()}, config)
+    out = p2_step(p2, {"image": images, "label": labels, "labelled": torch.tensor([1, 1, 0, 0]).bool()}, config.distill)
     assert all(torch.isfinite(v) for v in out.values())
     ft = build_state(config, 2, "cpu", "ft")
-    out = ft_step(ft, {"image_l": images[:2], "label_l": labels[:2], "image_u": images[2:]}, config)
+    out = ft_step(ft, {"image_l": images[:2], "label_l": labels[:2], "image_u": images[2:]}, config.ft)
     assert all(torch.isfinite(v) for v in out.values())
 
 
@@ -171,7 +171,7 @@ def test_compiled_forwards_give_the_eager_losses(monkeypatch):
         config = load_config("cpu-demo", [*overrides, f"train.compile={compile_flag}"])
         state = build_state(config, 3, "cpu", "p2")
         without_dropout(state.model)  # compiled kernels may draw the masks in another order
-        losses.append(p2_step(state, batch, config))
+        losses.append(p2_step(state, batch, config.distill))
     for key in losses[0]:
         torch.testing.assert_close(losses[1][key], losses[0][key], rtol=1e-4, atol=1e-5)
 
@@ -205,7 +205,8 @@ def test_channels_last_gives_the_same_losses(stage):
         state = build_state(config, 3, "cpu", stage)
         without_dropout(state.model)  # bernoulli fills in memory order: the masks would differ
         step, batch = (p2_step, pretrain_batch()) if stage == "p2" else (ft_step, ft_batch())
-        results.append([step(state, batch, config) for _ in range(2)])
+        section = config.distill if stage == "p2" else config.ft
+        results.append([step(state, batch, section) for _ in range(2)])
     # step 1 sees identical weights; step 2 follows an optimiser step whose gradients differ by
     # the summation order of channels-last convolutions, and the trained teacher heads
     # (teacher_head=grad) scale that by 1/T_t = 100 in the sharp teacher softmax
@@ -228,14 +229,14 @@ def _two_rank_worker(rank: int, port: int, out_dir: str) -> None:
         state = build_state(config, 3, "cpu", "p2")
         for i in range(2):  # every rank gets different images
             images, labels = synthetic_images(4, seed=10 * rank + i)
-            p2_step(state, {"image": images, "label": labels, "labelled": torch.tensor([1, 1, 0, 0]).bool()}, config)
+            p2_step(state, {"image": images, "label": labels, "labelled": torch.tensor([1, 1, 0, 0]).bool()}, config.distill)
         p2 = {"model": state.model.state_dict(), "global": state.global_bank.keys, "local": state.local_bank.keys}
         from action_ray.train.state import handoff_p2_to_ft
 
         state = handoff_p2_to_ft(state)
         for i in range(2):
             images, labels = synthetic_images(4, seed=100 + 10 * rank + i)
-            ft_step(state, {"image_l": images[:2], "label_l": labels[:2], "image_u": images[2:]}, config)
+            ft_step(state, {"image_l": images[:2], "label_l": labels[:2], "image_u": images[2:]}, config.ft)
         ft = {"model": state.model.state_dict(), "pixel": state.pixel_bank.keys, "filled": state.pixel_bank.filled}
         torch.save({"p2": p2, "ft": ft}, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:

@@ -74,7 +74,7 @@ def scale_worker(loop_config: dict) -> dict:
     from action_ray.config import config_from_dict
     from action_ray.train.loop import worker_device
     from action_ray.train.state import build_state
-    from action_ray.train.steps import ft_step, p2_step
+    from action_ray.train.steps import bind_step
 
     config = config_from_dict(loop_config["config"])
     stage = loop_config["stage"]
@@ -86,7 +86,7 @@ def scale_worker(loop_config: dict) -> dict:
         bank.enqueue = timed(bank.enqueue, f"{name}_bank", clock, sync)
     original = step_common.all_reduce_gradients_
     step_common.all_reduce_gradients_ = timed(original, "grad_allreduce", clock, sync)
-    step = p2_step if stage == "p2" else ft_step
+    step = bind_step(config, stage)
     batch = synthetic_batch(config, stage)
     step_times: list[float] = []
     try:
@@ -95,7 +95,7 @@ def scale_worker(loop_config: dict) -> dict:
                 clock.clear()
             sync()
             start = time.perf_counter()
-            step(state, batch, config)
+            step(state, batch)
             sync()
             if index >= loop_config["warmup"]:
                 step_times.append(time.perf_counter() - start)

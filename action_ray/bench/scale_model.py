@@ -54,7 +54,7 @@ def paper_traffic() -> list[StageTraffic]:
 
     from action_ray.config import load_config
     from action_ray.train.state import build_state, num_local_patches
-    from action_ray.train.steps import ft_step, p2_step
+    from action_ray.train.steps import bind_step
     from action_ray.bench.batches import synthetic_batch
 
     full = load_config("acdc-2d", ["data.store=unused", "train.num_workers=1", "ft.anco_negatives=bank"])
@@ -63,10 +63,10 @@ def paper_traffic() -> list[StageTraffic]:
                                     "data.slice_size=64", "model.cut_size=16", "model.cut_stride=8"])
     scale = (side / small.data.train_side) ** 2
     out = []
-    for stage, step in (("p2", p2_step), ("ft", ft_step)):
+    for stage in ("p2", "ft"):
         state = build_state(small, 4, "cpu", stage)
         with FlopCounterMode(display=False) as counter:
-            step(state, synthetic_batch(small, stage), small)
+            bind_step(small, stage)(state, synthetic_batch(small, stage))
         params = sum(p.numel() for group in state.optimizer.param_groups for p in group["params"])
         d = full.data
         if stage == "p2":

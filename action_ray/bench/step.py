@@ -133,7 +133,7 @@ def _stage_step(args: argparse.Namespace, row: str, device) -> tuple[Callable[[]
     import torch
 
     from action_ray.train.state import build_state
-    from action_ray.train.steps import step_function
+    from action_ray.train.steps import bind_step
 
     method, stage = ROWS[row]
     config = _config(args, method)
@@ -147,8 +147,8 @@ def _stage_step(args: argparse.Namespace, row: str, device) -> tuple[Callable[[]
         images, labels = _synthetic(2 * b, args.size, device)
         batch = {"image_l": images[:b], "label_l": labels[:b], "image_u": images[b:]}
         n = b if method == "supervised" else 2 * b
-    fn = step_function(method, stage)
-    return (lambda: fn(state, batch, config)), n
+    fn = bind_step(config, stage)
+    return (lambda: fn(state, batch)), n
 
 
 def run(args: argparse.Namespace) -> int:

@@ -87,7 +87,7 @@ def train_variant(spec: RunSpec) -> dict[str, Any]:
     from action_ray.store import open_store
     from action_ray.train.loop import compose_batch, stage_batch_sizes
     from action_ray.train.state import build_state, handoff_p1_to_p2, handoff_p2_to_ft
-    from action_ray.train.steps import step_function
+    from action_ray.train.steps import bind_step
     from action_ray.train.steps.common import crop_batch
 
     torch.set_num_threads(1)
@@ -159,10 +159,10 @@ def train_variant(spec: RunSpec) -> dict[str, Any]:
             state = handoff_p1_to_p2(state)
         else:
             state = handoff_p2_to_ft(state)
-        step = step_function(config.method, stage)
+        step = bind_step(config, stage)
         iterations = config.stage(stage).iterations
         while state.step < iterations:
-            step(state, crop_batch(state, batch(stage)), config)
+            step(state, crop_batch(state, batch(stage), config.data))
             if stage == "ft" and (state.step in spec.eval_steps or state.step == iterations):
                 result["curve"][str(state.step)] = validate(state.model.student)
         if stage == "p2" and "ft" in stages:

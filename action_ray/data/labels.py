@@ -5,7 +5,8 @@ uint8 cannot hold the losses' `IGNORE_LABEL` (-1). A datasource that has a label
 reads a case without a label (``with_label=True`` over an unlabelled case) therefore fills the
 rows of that case with `NO_LABEL_UINT8` (255), so that every block keeps the same uint8 column.
 The value lives only in the stream: nothing is stored with it (an unlabelled case has no label
-array in the store), and class indices of a store stay below it in practice.
+array in the store), and recipes and ingest refuse a class index above
+``store.schema.MAX_CLASS_INDEX`` (254), so no stored class can be mistaken for it.
 
 `loss_targets` is the only conversion from stream labels to loss targets: int64, with
 `NO_LABEL_UINT8` replaced by `IGNORE_LABEL`. The training loop applies it to every labelled batch
@@ -20,9 +21,9 @@ from __future__ import annotations
 import torch
 
 from action_ray.losses.targets import IGNORE_LABEL
+from action_ray.store.schema import NO_LABEL_UINT8
 
-#: What a uint8 label column carries in every pixel of a row that has no label.
-NO_LABEL_UINT8 = 255
+__all__ = ["NO_LABEL_UINT8", "loss_targets"]
 
 
 def loss_targets(stream_labels: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,10 @@ LABEL_IMAGE_NAME = "label"
 LABEL_ARRAY = f"{LABELS_GROUP}/{LABEL_IMAGE_NAME}/0"
 AXES = ("z", "y", "x")
 SPLITS = ("train", "val", "test")
+#: Labels are stored as uint8. The training stream marks a row that has no label with 255
+#: (``data.labels.NO_LABEL_UINT8``), so a class index must stay below it: 0..254.
+NO_LABEL_UINT8 = 255
+MAX_CLASS_INDEX = NO_LABEL_UINT8 - 1
 
 _CASE_ID = re.compile(r"[A-Za-z0-9_.\-]+")
 

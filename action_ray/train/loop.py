@@ -60,7 +60,7 @@ from action_ray.train.state import (
     handoff_p2_to_ft,
     stream_seed,
 )
-from action_ray.train.steps import step_function
+from action_ray.train.steps import bind_step
 from action_ray.train.steps.common import crop_batch
 from action_ray.train.steps.diagnostics import take as take_diagnostics
 from action_ray.train.tracking import WorkerTracker, open_worker_tracker
@@ -350,7 +350,7 @@ def run_stages(
             broadcast_from_rank0(state.model)
             position = DataPosition()
         iterations = config.stage(stage).iterations
-        step_fn = step_function(config.method, stage)
+        step_fn = bind_step(config, stage)
         stream = batches(stage, position)
         sums: dict[str, torch.Tensor] = {}
         window_start, window_steps = time.perf_counter(), 0
@@ -366,7 +366,7 @@ def run_stages(
                 progress.close()
                 return {"stage": stage, "step": state.step, "interrupted": True}
             position, parts = next(stream)
-            losses = step_fn(state, crop_batch(state, compose_batch(stage, parts)), config)
+            losses = step_fn(state, crop_batch(state, compose_batch(stage, parts), config.data))
             steps_this_session += 1
             window_steps += 1
             progress.advance(state.step)

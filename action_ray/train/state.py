@@ -1,7 +1,7 @@
 """`TrainState`: everything one worker needs to take the next training step, and to resume it.
 
 A stage step (``action_ray.train.steps``) is a function of a `TrainState`, a batch and the
-config. The state holds the model container (student, EMA teacher, heads), the memory banks of
+config section the step reads. The state holds the model container (student, EMA teacher, heads), the memory banks of
 the stage, the optimiser and its poly schedule, the step counter and the random generators;
 `TrainState.state_dict` captures all of it, RNG states included, so that a run restored from
 a checkpoint continues the exact loss trajectory of an uninterrupted one (README, "Resume").
@@ -91,6 +91,32 @@ class TrainState:
     def autocast(self) -> torch.autocast:
         """The autocast context of a step's forward and losses (a no-op when AMP is off)."""
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.amp_enabled)
+
+    @property
+    def ema_momentum(self) -> float:
+        """The teacher's EMA momentum (one value for the whole run)."""
+        return self.config.ema_momentum
+
+    @property
+    def iterations(self) -> int:
+        """Optimiser steps of this stage (``schedule.<stage>.iterations``): ramps are fractions of it."""
+        return self.config.stage(self.stage).iterations
+
+    @property
+    def report_every(self) -> int:
+        """Steps between the loop's reports (``train.report_every``): diagnostics are computed then."""
+        return self.config.train.report_every
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether images go to the network in channels-last memory format (``train.channels_last``)."""
+        return bool(self.config.train.channels_last)
+
+    @property
+    def local_cut(self) -> tuple[int, int, int]:
+        """(cut size, cut stride, pooling) of the local branch's windows (``model`` section)."""
+        m = self.config.model
+        return m.cut_size, m.cut_stride, m.local_pooling
 
     def banks(self) -> dict[str, torch.nn.Module]:
         """The banks this stage holds, by name."""

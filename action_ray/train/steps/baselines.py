@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from action_ray.config import Config
+from action_ray.config import MeanTeacherConfig
 from action_ray.losses import mean_teacher_consistency, sigmoid_rampup, supervised_loss
 from action_ray.model import ema_update_
 from action_ray.train.state import TrainState
@@ -28,8 +28,9 @@ TEACHER_NOISE_STD = 0.1
 TEACHER_NOISE_CLAMP = 0.2
 
 
-def supervised_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
-    """One supervised-only iteration on ``{"image_l": (B, 1, *S), "label_l": (B, *S)}``.
+def supervised_step(state: TrainState, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One supervised-only iteration on ``{"image_l": (B, 1, *S), "label_l": (B, *S)}``; it
+    reads no config section (the optimiser and augmentation are the state's).
 
     Returns ``{"loss", "supervised"}`` (detached; equal here).
     """
@@ -43,14 +44,15 @@ def supervised_step(state: TrainState, batch: dict[str, torch.Tensor], config: C
     return detached({"loss": sup, "supervised": sup})
 
 
-def consistency_weight(step: int, config: Config) -> float:
+def consistency_weight(step: int, iterations: int, mt: MeanTeacherConfig) -> float:
     """w(t) = consistency · exp(−5 (1 − t/ramp)²), ramp = rampup_fraction × FT iterations."""
-    ramp = config.mean_teacher.rampup_fraction * config.stage("ft").iterations
-    return config.mean_teacher.consistency * sigmoid_rampup(step, ramp)
+    ramp = mt.rampup_fraction * iterations
+    return mt.consistency * sigmoid_rampup(step, ramp)
 
 
-def mean_teacher_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
-    """One Mean Teacher iteration on ``{"image_l", "label_l", "image_u"}`` (FT batch layout).
+def mean_teacher_step(state: TrainState, batch: dict[str, torch.Tensor], mt: MeanTeacherConfig) -> dict[str, torch.Tensor]:
+    """One Mean Teacher iteration on ``{"image_l", "label_l", "image_u"}`` (FT batch layout),
+    with the ``mean_teacher`` settings ``mt``.
 
     Returns ``{"loss", "supervised", "consistency"}`` (detached; ``consistency`` unweighted).
     """
@@ -62,7 +64,7 @@ def mean_teacher_step(state: TrainState, batch: dict[str, torch.Tensor], config:
     x_l, y_l = state.weak_augment(x_l, y_l, state.generator)
     noise = torch.randn(x_u.shape, generator=state.generator, device=x_u.device, dtype=x_u.dtype)
     noise = (noise * TEACHER_NOISE_STD).clamp(-TEACHER_NOISE_CLAMP, TEACHER_NOISE_CLAMP)
-    weight = consistency_weight(state.step, config)
+    weight = consistency_weight(state.step, state.iterations, mt)
     with state.autocast():
         logits = calls.student(torch.cat([x_l, x_u])).logits
         with torch.no_grad():
@@ -71,7 +73,7 @@ def mean_teacher_step(state: TrainState, batch: dict[str, torch.Tensor], config:
         sup = supervised_loss(logits[:num_labelled], y_l)
         consistency = mean_teacher_consistency(logits[num_labelled:], teacher_logits)
         loss = sup + weight * consistency
-    momentum = min(1.0 - 1.0 / (state.step + 1), config.ema_momentum)
+    momentum = min(1.0 - 1.0 / (state.step + 1), state.ema_momentum)
     apply_update(state, loss)
     ema_update_(model.teacher, model.student, momentum)
     return detached({"loss": loss, "supervised": sup, "consistency": consistency})

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from action_ray.augment.crop import random_crops
+from action_ray.config import DataConfig
 from action_ray.distributed import all_reduce_gradients_
 from action_ray.losses import IGNORE_LABEL
 from action_ray.train.state import TrainState
@@ -21,7 +22,7 @@ from action_ray.train.state import TrainState
 def images_on_device(state: TrainState, images: torch.Tensor) -> torch.Tensor:
     """Images (B, 1, *S) as float32 on the state's device, channels-last when configured."""
     images = images.to(state.device, dtype=torch.float32, non_blocking=True)
-    if state.config.train.channels_last:
+    if state.channels_last:
         fmt = torch.channels_last if images.dim() == 4 else torch.channels_last_3d
         images = images.contiguous(memory_format=fmt)
     return images
@@ -32,7 +33,7 @@ def labels_on_device(state: TrainState, labels: torch.Tensor) -> torch.Tensor:
     return labels.to(state.device, dtype=torch.long, non_blocking=True)
 
 
-def crop_batch(state: TrainState, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def crop_batch(state: TrainState, batch: dict[str, torch.Tensor], data: DataConfig) -> dict[str, torch.Tensor]:
     """The batch on the state's device, cut to ``data.crop_size``² windows when cropping.
 
     Labelled images get foreground-centred windows with probability ``data.crop_foreground_p``
@@ -41,7 +42,6 @@ def crop_batch(state: TrainState, batch: dict[str, torch.Tensor]) -> dict[str, t
     ``train.steps`` are handled (P1/P2 rows without a label have all-zero labels, hence
     uniform windows).
     """
-    data = state.config.data
     if data.dims != 2 or data.crop_size is None:
         return batch
     out = {name: value.to(state.device, non_blocking=True) for name, value in batch.items()}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from action_ray.config import Config
+from action_ray.config import FineTuneConfig
 from action_ray.losses import (
     ClassKeyBank,
     anatomical_contrast_loss,
@@ -41,13 +41,13 @@ from action_ray.train.steps.representation import fast_representation
 
 
 @torch.no_grad()
-def pseudo_labels(state: TrainState, images: torch.Tensor, config: Config) -> tuple[torch.Tensor, torch.Tensor]:
+def pseudo_labels(state: TrainState, images: torch.Tensor, ft: FineTuneConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher arg-max labels and max-probability confidences on a clean batch (§4.1).
 
     images (B, 1, *S) -> (labels (B, *S) long, confidence (B, *S) float32). The teacher runs in
     train mode (published) unless ``ft.teacher_eval``.
     """
-    state.model.teacher.train(not config.ft.teacher_eval)
+    state.model.teacher.train(not ft.teacher_eval)
     with state.autocast():
         logits = state.forwards.teacher(images).logits
     confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
@@ -99,31 +99,32 @@ def _negative_keys(state: TrainState) -> ClassKeyBank | None:
     return None if bank is None else ClassKeyBank(bank.keys.clone(), bank.filled.clone())
 
 
-def pseudo_label_weight(step: int, config: Config) -> float:
+def pseudo_label_weight(step: int, iterations: int, ft: FineTuneConfig) -> float:
     """w_u(t) = ft.unsup_weight · exp(−5 (1 − t/ramp)²), ramp = ft.unsup_rampup × FT iterations.
 
     Published: no ramp (``unsup_rampup=0``), the full weight from step 1. A ramp keeps the
     first, least reliable pseudo-labels of a weak teacher from outweighing the labels.
     """
-    ramp = config.ft.unsup_rampup * config.stage("ft").iterations
-    return config.ft.unsup_weight * sigmoid_rampup(step, ramp)
+    ramp = ft.unsup_rampup * iterations
+    return ft.unsup_weight * sigmoid_rampup(step, ramp)
 
 
-def ft_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
-    """One FT iteration on ``{"image_l": (B_l, 1, *S), "label_l": (B_l, *S), "image_u": (B_u, 1, *S)}``.
+def ft_step(state: TrainState, batch: dict[str, torch.Tensor], ft: FineTuneConfig) -> dict[str, torch.Tensor]:
+    """One FT iteration on ``{"image_l": (B_l, 1, *S), "label_l": (B_l, *S), "image_u": (B_u, 1, *S)}``,
+    with the ``ft`` settings.
 
     Returns ``{"loss", "supervised", "pseudo_label", "anatomical_contrast", "confident"}``
     (detached; ``confident`` is the fraction of mixed unlabelled pixels with confidence >= δ_s).
     """
-    model, calls, ft = state.model, state.forwards, config.ft
+    model, calls = state.model, state.forwards
     num_classes = model.student.num_classes
     set_train_modes(state)
     x_l = images_on_device(state, batch["image_l"])
     y_l = labels_on_device(state, batch["label_l"])
     x_u = images_on_device(state, batch["image_u"])
     x_l, y_l = state.weak_augment(x_l, y_l, state.generator)
-    pseudo, confidence = pseudo_labels(state, x_u, config)
-    if is_report_step(state.step, config.train.report_every, config.stage("ft").iterations):
+    pseudo, confidence = pseudo_labels(state, x_u, ft)
+    if is_report_step(state.step, state.report_every, state.iterations):
         record(state.extras, pseudo_label_summary(pseudo, confidence, ft.strong_threshold, num_classes))
     x_mix, y_mix, c_mix = state.strong_augment(x_u, pseudo, confidence, state.generator)
     with state.autocast():
@@ -150,15 +151,15 @@ def ft_step(state: TrainState, batch: dict[str, torch.Tensor], config: Config) -
             )
         else:  # the "without L_anco" ablation: no representation head, no pixel sampling
             anco = torch.zeros((), device=sup.device)
-        loss = sup + pseudo_label_weight(state.step, config) * unsup + ft.anco_weight * anco
+        loss = sup + pseudo_label_weight(state.step, state.iterations, ft) * unsup + ft.anco_weight * anco
     if ft.ema_steps_per_iter == 2:
         with torch.no_grad(), state.autocast():
             calls.student(x_u)  # published side effect: student BN statistics on the clean batch
-        ema_update_(model.teacher, model.student, config.ema_momentum)
+        ema_update_(model.teacher, model.student, state.ema_momentum)
     apply_update(state, loss)
-    ema_update_(model.teacher, model.student, config.ema_momentum)
+    ema_update_(model.teacher, model.student, state.ema_momentum)
     if ft.teacher_eval:  # an eval-mode teacher never refreshes its own BN statistics
-        ema_buffers_(model.teacher, model.student, config.ema_momentum)
+        ema_buffers_(model.teacher, model.student, state.ema_momentum)
     if state.pixel_bank is not None and rep is not None:
         state.pixel_bank.enqueue(*sample_bank_pixels(rep, labels, valid, num_classes, ft.num_queries, state.generator))
     confident = (c_mix >= ft.strong_threshold).float().mean()
