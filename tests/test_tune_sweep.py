@@ -95,15 +95,18 @@ def test_preflight_needs_a_labelled_val_split(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_tiny_sweep_completes_and_writes_results(store_url, tmp_path, capsys):
+def test_tiny_sweep_completes_and_writes_results(store_url, tmp_path, capsys, monkeypatch):
+    """Also: with ``train.tracking=mlflow`` a sweep logs one MLflow run per trial, named after the
+    trial's run folder, with its method as a parameter and its losses and validation Dice."""
     import ray
+    from mlflow import MlflowClient
 
     from action_ray.tuning.driver import read_validation_log
 
     argv = ["tune", "--config", "tune-cpu", f"data.store={store_url}", f"tune.storage_path={tmp_path}",
             "tune.name=tiny", "space.method={grid_search: [supervised, action]}", "space.data.label_ratio=0.34",
             "space.draw={train.seed: 0, data.split_seed: 0}", "tune.grace_period=4", "tune.test_split=true",
-            *TINY]
+            "train.tracking=mlflow", *TINY]
     try:
         assert cli_main(argv) == 0
     finally:
@@ -131,6 +134,22 @@ def test_tiny_sweep_completes_and_writes_results(store_url, tmp_path, capsys):
     assert "`action-ray tune" in text and "| 2 (33.3 %) |" in text
     assert (sweep_dir / "dice_vs_label_ratio.png").read_bytes()[:4] == b"\x89PNG"
     assert "method:" in (sweep_dir / "sweep.yaml").read_text()  # the resolved sweep is kept
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    run_dirs = {row["method"]: row["run_dir"].rstrip("/") for row in rows.values()}
+    (storage,) = {d.rsplit("/", 1)[0] for d in run_dirs.values()}
+    client = MlflowClient(f"file://{storage}/mlruns")
+    tracked = client.search_runs([client.get_experiment_by_name("action-ray").experiment_id])
+    by_name = {run.info.run_name: run for run in tracked}
+    assert len(tracked) == 2 and set(by_name) == {d.rsplit("/", 1)[1] for d in run_dirs.values()}
+    for method, run_dir in run_dirs.items():
+        run = by_name[run_dir.rsplit("/", 1)[1]]
+        assert run.data.params["method"] == method
+        losses = client.get_metric_history(run.info.run_id, "ft/loss")
+        assert [m.step for m in losses] == [2, 4, 6, 8][:len(losses)] and len(losses) >= 2
+        dice = client.get_metric_history(run.info.run_id, "val/dice")
+        history = read_validation_log(run_dir)
+        assert [(m.step, m.value) for m in dice] == [(h["ft_step"], pytest.approx(h["val_dice"])) for h in history]
 
 
 # ------------------------------------------------------------ an interrupted sweep, resumed
