@@ -13,14 +13,13 @@ import pytest
 
 from action_ray.cli import main as cli_main
 from tests.processes import kill_tree
+from tests.resume import resume_to_the_end
 from tests.test_train_ray import make_tiny_store
 
 pytestmark = pytest.mark.slow
 
 
 def test_a_killed_driver_resumes_from_its_last_checkpoint(tmp_path, capsys):
-    import ray
-
     store = str(tmp_path / "store.zarr")
     make_tiny_store(store)
     argv = ["train", "--config", "cpu-demo", f"data.store={store}", f"train.storage_path={tmp_path / 'runs'}",
@@ -49,12 +48,6 @@ def test_a_killed_driver_resumes_from_its_last_checkpoint(tmp_path, capsys):
 
     assert cli_main(argv) == 2  # a second fresh start over the run is refused
     assert "--resume" in capsys.readouterr().err
-    try:
-        code = cli_main([*argv, "--resume"])
-        assert code == 0, capsys.readouterr().err[-3000:]
-    finally:
-        ray.shutdown()
-    result = json.loads((run_dir / "result.json").read_text())
+    result, logged = resume_to_the_end(argv, run_dir, capsys)
     assert result["step"] == 60
-    logged = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(10, 61, 10))  # no step lost from the log, none twice

@@ -51,6 +51,7 @@ from action_ray.runs.logs import (
 from action_ray.runs.resolve import latest_ray_checkpoint
 from action_ray.store import open_store
 from action_ray.train.curves import write_curves
+from action_ray.train.failure import describe_training_failure
 from action_ray.train.follow import ReportFollower
 from action_ray.train.loop import LoopSettings, settings_dict, train_loop_per_worker
 from action_ray.train.progress import progress_mode_for_this_terminal
@@ -382,8 +383,13 @@ def run_training(
         with follower:
             result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
+        cause, advice = describe_training_failure(exc)
+        kept = latest_ray_checkpoint(plan.run_dir)
+        resume = (f"--resume continues from {redact(kept)}" if kept else
+                  "no checkpoint was kept, so --resume starts the run again")
         raise ActionRayError(
-            f"training run {plan.name} failed: {exc}; fix the cause and continue with --resume"
+            f"training run {plan.name} failed: {cause}; {advice + '; ' if advice else ''}fix the cause, "
+            f"then {resume}"
         ) from exc
     summary = dict(result.return_value or {})
     summary.update(run_name=plan.name, run_dir=plan.run_dir, stages=list(config.stages or []))
