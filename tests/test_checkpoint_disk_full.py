@@ -71,7 +71,7 @@ def test_a_full_disk_stops_the_run_clearly_and_resume_continues_from_the_last_go
     errors = [line for line in done.stderr.splitlines() if line.startswith("action-ray train: error:")]
     assert len(errors) == 1, done.stderr[-3000:]
     assert "worker 0: OSError: [Errno 28] No space left on device" in errors[0] and "state.pt" in errors[0]
-    assert "free space" in errors[0] and "--resume continues from" in errors[0] and "checkpoint_" in errors[0]
+    assert "free space" in errors[0] and "continue with --resume, from" in errors[0] and "checkpoint_" in errors[0]
     assert "Traceback" not in done.stderr
     assert not (run_dir / "result.json").exists()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -23,13 +24,23 @@ FAULTS = (
 
 
 class FaultyProxy:
-    """Forwards to ``upstream``; every ``every``-th request (or all, with ``every=1``) gets a fault."""
+    """Forwards to ``upstream``; every ``every``-th request (or all, with ``every=1``) gets a fault.
 
-    def __init__(self, upstream: str, every: int) -> None:
+    With ``only``, just the requests whose (method, path) it accepts are counted and faulted
+    (``faulted`` keeps their paths); the others always pass. With ``retry_passes``, a request
+    repeated after its fault (same method, path and query: the client's retry) is forwarded,
+    so each fault is a transient one that one retry overcomes.
+    """
+
+    def __init__(self, upstream: str, every: int,
+                 only: Callable[[str, str], bool] | None = None, retry_passes: bool = False) -> None:
         self.upstream = urlsplit(upstream)
         self.every = every
+        self.only = only
+        self.retry_passes = retry_passes
         self.requests = 0
         self.faults = 0
+        self.faulted: list[str] = []
         self.lock = threading.Lock()
         proxy = self
 
@@ -39,14 +50,34 @@ class FaultyProxy:
             def log_message(self, *args) -> None:  # keep the test output clean
                 pass
 
+            def _read_body(self) -> bytes:
+                """The request body; a chunked one (as the AWS C++ SDK under pyarrow sends
+                multipart parts) is de-chunked, to be forwarded with a Content-Length."""
+                if "chunked" not in self.headers.get("Transfer-Encoding", "").lower():
+                    length = int(self.headers.get("Content-Length") or 0)
+                    return self.rfile.read(length) if length else b""
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().split(b";", 1)[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                            pass
+                        return b"".join(chunks)
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()  # the CRLF after each chunk
+
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self._read_body()
+                counted = proxy.only is None or proxy.only(self.command, self.path)
+                if proxy.retry_passes and f"{self.command} {self.path}" in proxy.faulted:
+                    counted = False
                 with proxy.lock:
-                    proxy.requests += 1
-                    fault = FAULTS[proxy.faults % len(FAULTS)] if proxy.requests % proxy.every == 0 else None
+                    proxy.requests += counted
+                    fault = (FAULTS[proxy.faults % len(FAULTS)]
+                             if counted and proxy.requests % proxy.every == 0 else None)
                     if fault:
                         proxy.faults += 1
+                        proxy.faulted.append(f"{self.command} {self.path}")
                 if fault:
                     status, payload = fault
                     self.send_response(status)
@@ -57,7 +88,9 @@ class FaultyProxy:
                         self.wfile.write(payload)
                     return
                 connection = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("connection", "transfer-encoding", "content-length")}
+                headers["Content-Length"] = str(len(body))
                 connection.request(self.command, self.path, body=body, headers=headers)
                 response = connection.getresponse()
                 data = response.read()
@@ -65,7 +98,9 @@ class FaultyProxy:
                 for key, value in response.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                         self.send_header(key, value)
-                self.send_header("Content-Length", str(len(data)))
+                # a HEAD answer has no body but the object's length (clients read sizes from it)
+                length = response.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", length or str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)

@@ -385,11 +385,10 @@ def run_training(
     except ray.train.TrainingFailedError as exc:
         cause, advice = describe_training_failure(exc)
         kept = latest_ray_checkpoint(plan.run_dir)
-        resume = (f"--resume continues from {redact(kept)}" if kept else
-                  "no checkpoint was kept, so --resume starts the run again")
+        resume = (f"continue with --resume, from {redact(kept)}" if kept else
+                  "run again with --resume (no checkpoint was kept yet, so it starts over)")
         raise ActionRayError(
-            f"training run {plan.name} failed: {cause}; {advice + '; ' if advice else ''}fix the cause, "
-            f"then {resume}"
+            f"training run {plan.name} failed: {cause}; {advice + '; ' if advice else ''}fix the cause and {resume}"
         ) from exc
     summary = dict(result.return_value or {})
     summary.update(run_name=plan.name, run_dir=plan.run_dir, stages=list(config.stages or []))
