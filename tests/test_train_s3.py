@@ -4,12 +4,11 @@ so its workers inherit them (ray-notes §4); an interrupted run resumes from the
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from action_ray.runs.logs import read_metrics
 from action_ray.train.trainer import run_training
+from tests.resume import local_ray_with_env
 from tests.test_train_ray import config_for, make_tiny_store
 
 pytestmark = pytest.mark.slow
@@ -17,19 +16,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def ray_with_s3_env(s3_server):
-    import ray
-
-    saved = {key: os.environ.get(key) for key in s3_server.env}
-    os.environ.update(s3_server.env)
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20,
-             log_to_driver=False, configure_logging=False)
-    yield s3_server
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with local_ray_with_env(s3_server.env):
+        yield s3_server
 
 
 def test_run_directory_on_s3_and_resume_there(ray_with_s3_env, tmp_path):

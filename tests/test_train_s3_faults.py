@@ -7,14 +7,13 @@ bucket, and the last uploaded checkpoint loads (nothing torn)."""
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 from action_ray.runs.checkpoint import load_checkpoint_from
 from action_ray.runs.logs import read_metrics
 from action_ray.runs.resolve import latest_ray_checkpoint
 from action_ray.train.trainer import run_training
+from tests.resume import local_ray_with_env
 from tests.test_s3_faults import FaultyProxy
 from tests.test_train_ray import config_for, make_tiny_store
 
@@ -29,22 +28,12 @@ def checkpoint_upload(method: str, path: str) -> bool:
 def faulty_s3_for_ray(s3_server):
     """Ray started with the AWS variables pointing at the faulty proxy, so its workers (which
     upload the checkpoints) inherit them."""
-    import ray
-
     proxy = FaultyProxy(s3_server.endpoint_url, every=2, only=checkpoint_upload, retry_passes=True)
-    env = {**s3_server.env, "AWS_ENDPOINT_URL": proxy.endpoint_url}
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    ray.init(num_cpus=4, include_dashboard=False, object_store_memory=256 * 2**20,
-             log_to_driver=False, configure_logging=False)
-    yield s3_server, proxy
-    ray.shutdown()
-    proxy.close()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    try:
+        with local_ray_with_env({**s3_server.env, "AWS_ENDPOINT_URL": proxy.endpoint_url}):
+            yield s3_server, proxy
+    finally:
+        proxy.close()
 
 
 def test_checkpoint_uploads_that_meet_503_and_500_are_retried_and_resumable(faulty_s3_for_ray, tmp_path):
