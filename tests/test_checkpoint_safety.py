@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from action_ray.runs.files import write_file
 from action_ray.cli import main
 from action_ray.errors import ConfigError
 from action_ray.runs.checkpoint import capture_rng, convert_checkpoint, load_checkpoint, restore_rng
@@ -120,7 +121,7 @@ def test_init_from_and_resume_are_refused_before_ray(run_with_store, tmp_path, c
         json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": ray_ckpt.name}}))
     config = tiny_config(store.url, **{"method": "supervised", "eval.val_every": "0",
                                        "train.storage_path": str(tmp_path / "runs"), "train.run_name": "resumed"})
-    config.dump(str(resumed / "config.yaml"))
+    write_file(str(resumed / "config.yaml"), config.to_yaml())
     assert main([*base, "train.run_name=resumed", "--resume"]) == 2
     assert "refusing to load" in capsys.readouterr().err
     assert not marker.exists()

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from action_ray.runs.files import write_file
 from action_ray.config import load_config
 from action_ray.errors import ConfigError, StoreError
 from action_ray.evaluation import evaluate_run
@@ -74,7 +75,7 @@ def save_run(run_dir: Path, config, subdir: str = "stages/ft", num_classes: int 
                             data_position=DataPosition(), config=config.to_dict(), label_split="{}",
                             stage_done=True)
     save_checkpoint(str(run_dir / subdir), checkpoint)
-    config.dump(str(run_dir / "config.yaml"))
+    write_file(str(run_dir / "config.yaml"), config.to_yaml())
     return run_dir / subdir
 
 

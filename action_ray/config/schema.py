@@ -24,13 +24,13 @@ import hashlib
 import json
 import os
 import re
-from typing import Any, Literal, Mapping, Sequence, get_args, get_origin
+from typing import Any, Literal, Sequence, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from action_ray.config.keys import flatten, is_hash_excluded
-from action_ray.urls import filesystem_for, is_remote, redact
+from action_ray.urls import is_remote, redact
 
 Stage = Literal["p1", "p2", "ft"]
 STAGE_ORDER: tuple[str, ...] = ("p1", "p2", "ft")
@@ -562,15 +562,6 @@ class Config(_Section):
     def to_yaml(self, redact_secrets: bool = True) -> str:
         """YAML text that :func:`load_config` reads back to an equal config."""
         return yaml.safe_dump(self.to_dict(redact_secrets), sort_keys=False, default_flow_style=None)
-
-    def dump(self, path: str, storage_options: Mapping[str, Any] | None = None) -> None:
-        """Write :meth:`to_yaml` to a local path or URL (saved with every run; never secrets)."""
-        fs, fs_path = filesystem_for(path, storage_options)
-        parent = os.path.dirname(fs_path.rstrip("/"))
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        with fs.open(fs_path, "w") as handle:
-            handle.write(self.to_yaml())
 
     def hash(self) -> str:
         """16 hex digits identifying what the run computes (bookkeeping keys excluded).
