@@ -197,3 +197,22 @@ def test_resume_checks_the_checkpoint_ray_resumes_from_not_a_half_copied_newer_o
     assert latest_ray_checkpoint(str(run)) == str(older)
     (run / RAY_CHECKPOINT_SNAPSHOT).write_text("{not json")  # unreadable: no guess at a folder, no crash
     assert latest_ray_checkpoint(str(run)) is None
+
+
+def test_a_store_that_lost_a_chunk_is_refused_before_ray_naming_the_case(run_with_store, tmp_path, capsys):
+    """A chunk deleted after ingest would be read as zeros: train refuses in its preflight with
+    one line naming the case and what to do, and writes nothing; data.verify_chunks=false lets
+    the run through (shown with --dry-run, which never starts Ray)."""
+    store, _, _ = run_with_store
+    chunk = tmp_path / "store.zarr" / "cases" / "r1" / "image" / "c" / "1" / "0" / "0"
+    chunk.unlink()
+    storage = tmp_path / "runs"
+    base = ["train", "--config", "cpu-demo", f"data.store={store.url}", "data.slice_size=32",
+            f"train.storage_path={storage}", "train.run_name=lost"]
+    assert main(base) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "case 'r1'" in err[0] and "where ingest wrote" in err[0], err
+    assert "--overwrite" in err[0] and "data.verify_chunks=false" in err[0]
+    assert not storage.exists()
+    assert main([*base, "data.verify_chunks=false", "--dry-run"]) == 0
+    capsys.readouterr()

@@ -1,9 +1,11 @@
-"""SIGKILL an ingest half-way, run it again, and check nothing was lost, duplicated or rewritten."""
+"""SIGKILL an ingest half-way, run it again, and check nothing was lost, duplicated or rewritten.
+
+Killed with dask's worker processes, and on a local Ray (``--scheduler ray``: the driver, the
+Ray it started and its workers all die at once, as when the job's node is lost)."""
 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,6 +15,7 @@ import pytest
 
 from action_ray.store import open_store
 from niftis import expected_arrays, write_lits
+from tests.processes import kill_tree
 
 N_CASES = 24
 SHAPE = (64, 64, 12)
@@ -30,22 +33,23 @@ def complete_ids(dst) -> list[str]:
 
 
 @pytest.mark.slow
-def test_sigkill_half_way_then_resume(tmp_path):
+@pytest.mark.parametrize("killed_scheduler", ["processes", "ray"])
+def test_sigkill_half_way_then_resume(tmp_path, killed_scheduler):
     written = write_lits(tmp_path / "src", N_CASES, unlabelled=(5, 17), shape=SHAPE)
     dst = tmp_path / "s.zarr"
-    # own session: SIGKILL reaches the dask worker processes too, like an OOM kill of the job
-    # the killed run uses worker processes (they must die with it), the resumed one threads
-    proc = subprocess.Popen(ingest_command(tmp_path / "src", dst, "processes"), start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # own session: SIGKILL reaches the dask worker processes (or the local Ray) too, like an OOM
+    # kill of the job; the killed run uses worker processes or Ray, the resumed one threads
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    proc = subprocess.Popen(ingest_command(tmp_path / "src", dst, killed_scheduler), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a local Ray takes a while to start on 2 loaded cores
         while len(complete_ids(dst)) < 3:
             assert proc.poll() is None, "ingest ended before it could be killed"
-            assert time.monotonic() < deadline, "no case completed within 60 s"
+            assert time.monotonic() < deadline, "no case completed within 120 s"
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(proc)
     done_before = complete_ids(dst)
     assert 3 <= len(done_before) < N_CASES, "the kill did not land half-way"
     mtimes_before = {c: sorted((p.name, p.stat().st_mtime_ns) for p in (dst / "cases" / c).rglob("*") if p.is_file())

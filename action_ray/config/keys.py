@@ -16,6 +16,7 @@ from typing import Any, Mapping
 HASH_EXCLUDED_KEYS = frozenset(
     {
         "data.storage_options",
+        "data.verify_chunks",
         "train.run_name",
         "train.resume",
         "train.tracking",

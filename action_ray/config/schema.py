@@ -137,6 +137,11 @@ class DataConfig(_Section):
     patch_size: tuple[int, int, int] | None = Field(
         None, description="3-D training patch (D, H, W) = (z, y, x); LA: [80, 112, 112]"
     )
+    verify_chunks: bool | None = Field(
+        None, description="before training, check that every chunk ingest wrote for the run's train "
+                          "(and val) cases is still stored: a deleted chunk reads back as zeros without "
+                          "an error. None: on local stores (a directory listing per array); true: on "
+                          "s3:// too (a request per array); false: never")
     shuffle_buffer_rows: int = Field(
         256, ge=0, description="rows each worker mixes per stream after the per-epoch block shuffle "
                                "(bigger: batches from more patients, more memory)")

@@ -29,7 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 from action_ray.config import PER_WORKER_BATCH_KEYS, STAGE_ORDER, Config, config_from_dict, with_workers
 from action_ray.data.splits import LabelSplit, label_split
 from action_ray.data.streams import StreamSettings, build_streams
-from action_ray.errors import ActionRayError, ConfigError
+from action_ray.errors import ActionRayError, ConfigError, StoreError
 from action_ray.ray_session import start_for_training
 from action_ray.runs.best import read_best
 from action_ray.runs.checkpoint import load_checkpoint_from
@@ -160,6 +160,33 @@ def check_run_needs(config: Config, split: Any, store: Any, num_classes: int) ->
         )
 
 
+def check_stored_chunks(config: Config, store: Any) -> None:
+    """Refuse, before Ray starts, a store that lost chunks of the cases this run reads.
+
+    Why: zarr reads a deleted chunk as the fill value without an error, so a run would train on
+    zeros where an image or label was. Ingest records how many chunks each array holds;
+    ``VolumeStore.verify_case`` lists them (one listing per array). Done for the train split and,
+    with validation on, the val split; on local stores by default, on ``s3://`` only with
+    ``data.verify_chunks=true`` (a request per array adds up over thousands of cases).
+    """
+    wanted = config.data.verify_chunks
+    if wanted is False or (wanted is None and is_remote(config.data.store)):
+        return
+    splits = ["train"] + (["val"] if config.eval.val_every > 0 else [])
+    damaged = []
+    for split in splits:
+        for info in store.list_cases(split=split):
+            try:
+                store.verify_case(info.case_id)
+            except StoreError as exc:
+                damaged.append((info.case_id, str(exc)))
+    if damaged:
+        first = damaged[0][1]
+        more = f" (and {len(damaged) - 1} more: {', '.join(c for c, _ in damaged[1:6])})" if len(damaged) > 1 else ""
+        raise ConfigError(f"{first}{more}; training would read a missing chunk as zeros "
+                          "(data.verify_chunks=false trains anyway)")
+
+
 def plan_run(config: Config, write: bool = True) -> RunPlan:
     """Resolve the run directory; check ``--resume`` against what is there; record config and split.
 
@@ -203,6 +230,7 @@ def plan_run(config: Config, write: bool = True) -> RunPlan:
         split = label_split(store, label_ratio=config.data.label_ratio,
                             num_labelled_patients=config.data.labelled_patients, seed=config.data.split_seed)
     check_run_needs(config, split, store, num_classes)
+    check_stored_chunks(config, store)
     if write:
         write_file(join(run_dir, LABEL_SPLIT_FILE), split.to_json())
         write_file(join(run_dir, CONFIG_FILE), config.to_yaml())  # last: it marks the run as existing
