@@ -225,7 +225,8 @@ def plot_validation_curves(rows: Sequence[Mapping[str, Any]]) -> bytes:
 
     curves = validation_curves(rows)
     labels = sorted(curves, key=_label_order)
-    figure = Figure(figsize=(3.6 * max(1, len(labels)), 3.2), dpi=110)
+    # at least 4.8 in wide, so that the title fits above a single panel
+    figure = Figure(figsize=(max(4.8, 3.6 * max(1, len(labels))), 3.2), dpi=110)
     for index, label in enumerate(labels):
         axes = figure.add_subplot(1, max(1, len(labels)), index + 1)
         for method in [m for m in METHOD_COLUMNS if m in curves[label]] + \
