@@ -68,3 +68,22 @@ def test_announcements_come_first_and_a_restart_shows_its_steps_again(tmp_path):
                      "stage ft: steps 5..6 from epoch 0, batch 2",
                      "[ft 6/6] loss 0.3000 | 2.00 it/s | eta 0s | checkpoint",
                      "[ft 4/6] loss 0.4000 | 2.00 it/s | eta 1s | checkpoint"]
+
+
+def test_a_stage_start_found_with_the_last_report_of_the_previous_stage_comes_after_it(tmp_path):
+    """One poll finds p1's last report and the p2 start announcement written after it: the
+    announcement is shown between p1's last report and p2's first, in the order they happened."""
+    lines: list[str] = []
+    follower = ReportFollower(str(tmp_path), {"p1": 4, "p2": 4}, "lines", checkpoint_every=4, log=lines.append)
+    write_rows(tmp_path / "announcements.jsonl", [{"time": 0.5, "text": "stage p1: steps 1..4"},
+                                                  {"time": 3.5, "text": "stage p2: steps 1..4"}])
+    write_rows(tmp_path / "metrics.jsonl", [row("p1", 2, 0.9, time=1.0), row("p1", 4, 0.8, time=3.0),
+                                            row("p2", 2, 0.7, time=4.0)])
+    follower.poll()
+    assert [line.split(" loss")[0] for line in lines] == [
+        "stage p1: steps 1..4", "[p1 2/4]", "[p1 4/4]", "stage p2: steps 1..4", "[p2 2/4]"]
+    write_rows(tmp_path / "announcements.jsonl", [{"time": 0.5, "text": "stage p1: steps 1..4"},
+                                                  {"time": 3.5, "text": "stage p2: steps 1..4"},
+                                                  {"time": 9.0, "text": "stage ft: steps 1..4"}])
+    follower.poll()  # an announcement with no report after it yet is shown at once
+    assert lines[-1] == "stage ft: steps 1..4"

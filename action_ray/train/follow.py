@@ -13,6 +13,7 @@ folder, where ``ray logs`` finds them; a failed run still raises with the worker
 
 from __future__ import annotations
 
+import math
 import threading
 from typing import Any, Callable
 
@@ -76,10 +77,11 @@ class ReportFollower:
                 pass
 
     def poll(self) -> None:
-        """Show every report and validation row not shown yet, a validation after its FT report."""
+        """Show every report and validation row not shown yet, a validation after its FT report,
+        and each announcement (a stage start or restart) before the first report written after it
+        (one poll can find a stage's last report and the next stage's start together)."""
         announced = read_announcements(self.run_dir)
-        for row in announced[self._seen_announcements:]:  # stage starts (and restarts) come first
-            self.log(str(row.get("text", "")))
+        pending = list(announced[self._seen_announcements:])
         self._seen_announcements = max(self._seen_announcements, len(announced))
         rows = read_metrics(self.run_dir)
         self._notice_restart(rows)
@@ -90,7 +92,12 @@ class ReportFollower:
         events += [((order["ft"], int(r.get("ft_step", 0)), 1), self._show_validation, r)
                    for r in checks[self._seen_validations:]]
         for _, show, row in sorted(events, key=lambda event: event[0]):
+            if show == self._show_report:
+                while pending and float(pending[0].get("time", 0.0)) <= float(row.get("time", math.inf)):
+                    self.log(str(pending.pop(0).get("text", "")))
             show(row)
+        for announcement in pending:
+            self.log(str(announcement.get("text", "")))
         self._seen_times = [row.get("time") for row in rows]
         self._seen_reports = len(rows)
         self._seen_validations = max(self._seen_validations, len(checks))
