@@ -1,10 +1,12 @@
 """`TrainState`: everything one worker needs to take the next training step, and to resume it.
 
 A stage step (``action_ray.train.steps``) is a function of a `TrainState`, a batch and the
-config section the step reads. The state holds the model container (student, EMA teacher, heads), the memory banks of
-the stage, the optimiser and its poly schedule, the step counter and the random generators;
-`TrainState.state_dict` captures all of it, RNG states included, so that a run restored from
-a checkpoint continues the exact loss trajectory of an uninterrupted one (README, "Resume").
+config section the step reads. The state holds the model container (student, EMA teacher,
+heads), the memory banks of the stage, the optimiser and its poly schedule, the step counter and
+the random generators, and answers what every stage shares (EMA momentum, stage length, report
+cadence). `TrainState.state_dict` captures all of it, RNG states included, so that a run
+restored from a checkpoint continues the exact loss trajectory of an uninterrupted one (README,
+"Resume").
 Nothing here imports Ray.
 
 Random streams, and why there are two:
