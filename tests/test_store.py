@@ -159,7 +159,15 @@ def test_writer_killed_before_marker_leaves_invisible_case(store, monkeypatch):
     def killed(self, *args, **kwargs):
         raise KeyboardInterrupt("writer killed")
 
-    monkeypatch.setattr(zarr.Group, "update_attributes", killed)
+    push = VolumeStore._put_objects
+
+    def killed_before_case_document(self, key, objects):
+        if "zarr.json" in objects:
+            raise KeyboardInterrupt("writer killed")
+        push(self, key, objects)
+
+    # killed once the chunks are pushed, before the case's own document
+    monkeypatch.setattr(VolumeStore, "_put_objects", killed_before_case_document)
     with pytest.raises(KeyboardInterrupt):
         store.write_case(meta("k1"), image, label)
     monkeypatch.undo()
@@ -183,6 +191,35 @@ def test_writer_killed_before_marker_leaves_invisible_case(store, monkeypatch):
     assert store.incomplete_cases() == ["k1", "k2", "k3"]
     assert store.remove_incomplete() == ["k1", "k2", "k3"]
     assert store.incomplete_cases() == [] and store.list_cases() == []
+
+
+@pytest.mark.parametrize("chunking", ["slice", "patch"])
+def test_case_objects_are_the_bytes_zarr_writes_itself(store, tmp_path, chunking):
+    """The case is encoded in memory and pushed as files: every document and chunk must be
+    what zarr writes when it creates the same array in a store directly, and the recorded
+    chunk counts must be what zarr reports (an all-background label slice is not stored)."""
+    from action_ray.store.codecs import chunk_shape, image_compressors, label_compressors
+
+    image, label = smooth_volume((9, 40, 72), seed=11)
+    label[2] = 0
+    store.write_case(meta("z1"), image, label, chunking=chunking)
+    case = pathlib.Path(store.url, "cases", "z1")
+    for kind, data, compressors, fill in (("image", image, image_compressors(), 0.0),
+                                          ("labels/label/0", label, label_compressors(), 0)):
+        direct = zarr.create_array(zarr.storage.LocalStore(tmp_path / "direct" / kind), shape=data.shape,
+                                   dtype=data.dtype, chunks=chunk_shape(data.shape, chunking),
+                                   compressors=compressors, dimension_names=("z", "y", "x"), fill_value=fill)
+        direct[...] = data
+        ours = {p.relative_to(case / kind): p.read_bytes() for p in (case / kind).rglob("*") if p.is_file()}
+        theirs = {p.relative_to(tmp_path / "direct" / kind): p.read_bytes()
+                  for p in (tmp_path / "direct" / kind).rglob("*") if p.is_file()}
+        assert ours == theirs
+    info = open_store(store.url).case("z1")
+    assert info.stored_chunks["image"] == zarr.open_array(str(case / "image")).nchunks_initialized
+    assert info.stored_chunks["label"] == zarr.open_array(str(case / "labels/label/0")).nchunks_initialized
+    if chunking == "slice":
+        assert info.stored_chunks == {"image": 9, "label": 8}
+    open_store(store.url).verify_case("z1")
 
 
 def test_rewriting_a_complete_case_requires_overwrite(store):

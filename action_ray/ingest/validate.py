@@ -55,7 +55,7 @@ def check_label(data: np.ndarray, path: str, classes: dict[int, str]) -> np.ndar
     declared = sorted(classes)
     if low < 0 or high > 255:
         raise CaseError(f"{path}: label values span [{low}, {high}], outside the declared classes {declared}")
-    label = data.astype(np.uint8)
+    label = data.astype(np.uint8, copy=False)
     present = np.flatnonzero(np.bincount(label.ravel(), minlength=256))
     unknown = [int(v) for v in present if int(v) not in classes]
     if unknown:

@@ -14,9 +14,9 @@ in one module so that the on-disk names and the JSON fields have exactly one def
     <store>/index.json                     optional listing cache (see catalog.py)
 
 A case is complete exactly when its marker ``complete/<id>.json`` exists. Writing goes: drop
-the marker, remove any leftover, write the case group with ``complete: false``, the arrays,
-flip the group's ``complete`` to true (for people browsing the Zarr tree), and last PUT the
-marker (atomic: one S3 object, or a rename on local disks).
+the marker, remove any leftover, push the case's chunks and inner documents (encoded in memory
+by zarr), then its ``zarr.json`` with ``complete: true`` (for people browsing the Zarr tree), and
+last PUT the marker (atomic: one S3 object, or a rename on local disks).
 """
 
 from __future__ import annotations
@@ -174,23 +174,9 @@ def info_from_attrs(attrs: dict) -> CaseInfo:
     )
 
 
-def stored_chunk_count(data: np.ndarray, chunks: tuple[int, ...], fill_value: float | int) -> int:
-    """How many chunks of ``data`` zarr stores: those with any voxel other than ``fill_value``.
-
-    zarr 3 does not write a chunk that holds only the fill value (``write_empty_chunks`` is
-    off), so this is the count `zarr.Array.nchunks_initialized` reports after the write.
-    """
-    occupied = np.asarray(data) != fill_value
-    grid = [-(-size // chunk) for size, chunk in zip(occupied.shape, chunks)]
-    padded = np.zeros([n * c for n, c in zip(grid, chunks)], dtype=bool)
-    padded[tuple(slice(0, s) for s in occupied.shape)] = occupied
-    blocks = padded.reshape([v for n, c in zip(grid, chunks) for v in (n, c)])
-    return int(blocks.any(axis=tuple(range(1, 2 * len(chunks), 2))).sum())
-
-
-def label_voxel_counts(label: np.ndarray, classes: dict[int, str]) -> dict[str, int]:
-    """Voxels per class id (JSON keys are strings), every store class listed, zeros included."""
-    counts = np.bincount(label.ravel(), minlength=max(classes) + 1 if classes else 0)
+def label_voxel_counts(counts: np.ndarray, classes: dict[int, str]) -> dict[str, int]:
+    """Voxels per class id (JSON keys are strings) from a label's ``np.bincount`` covering
+    every class; every store class is listed, zeros included."""
     return {str(c): int(counts[c]) for c in sorted(classes)}
 
 

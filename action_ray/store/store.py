@@ -25,14 +25,17 @@ from action_ray.errors import CaseError, StoreError
 from action_ray.io.normalise import intensity_stats
 from action_ray.store import ome
 from action_ray.store.bulk import cyclic_gc_paused
+from action_ray.store.case_objects import (
+    ROOT_DOCUMENT, ArrayPlan, CaseObjects, build_case_objects, group_document,
+)
 from action_ray.store.catalog import Catalog
 from action_ray.store.codecs import (
     IMAGE_CODEC_NAME, LABEL_CODEC_NAME, chunk_shape, image_compressors, label_compressors,
 )
 from action_ray.store.schema import (
     ATTRS_KEY, AXES, CASES_GROUP, FORMAT_VERSION, IMAGE_ARRAY, LABEL_ARRAY, LABEL_IMAGE_NAME,
-    LABELS_GROUP, CaseInfo, CaseMeta, case_attrs, case_key, check_case_id, classes_from_attrs,
-    dataset_attrs, info_from_attrs, label_voxel_counts, stored_chunk_count, validate_meta,
+    LABELS_GROUP, MAX_CLASS_INDEX, CaseInfo, CaseMeta, case_attrs, case_key, check_case_id,
+    classes_from_attrs, dataset_attrs, info_from_attrs, label_voxel_counts, validate_meta,
 )
 from action_ray.urls import (
     filesystem_for, is_remote, redact, secret_option_values, storage_advice, storage_options_from_env,
@@ -152,30 +155,28 @@ class VolumeStore:
 
         ``image`` is (Z, Y, X) float32 (other real dtypes are converted), ``label`` (Z, Y, X)
         with integer class ids from the store's classes, or None for an unlabelled case.
-        Order: remove any leftover of this id, write the case group with ``complete: false``,
-        the arrays, and last rewrite the case ``zarr.json`` with ``complete: true``.
+        Order: remove the marker and any leftover of this id; encode the whole case in memory;
+        push its chunks and inner documents in one batch, then the case's ``zarr.json``
+        (``complete: true``), then the completion marker. Until the marker lands the case is
+        invisible, whatever was pushed.
         Raises :class:`StoreError` if the case is already complete and ``overwrite`` is False.
         """
         validate_meta(meta)
-        image, label = self._checked_arrays(meta, image, label)
+        image, label, counts = self._checked_arrays(meta, image, label)
         chunks = chunk_shape(image.shape, chunking)
         if not overwrite and self.is_complete(meta.case_id):
             raise self._error(f"case {meta.case_id!r} is already complete",
                               "pass overwrite=True (ingest --overwrite) to replace it")
         stats = intensity_stats(image)
-        counts = label_voxel_counts(label, self.classes) if label is not None else None
         key = case_key(meta.case_id)
         self._forget(meta.case_id)
         try:
             self._catalog.drop_marker(meta.case_id)  # invisible from here on
             self._remove_key(key)
-            pending = case_attrs(meta, image.shape, stats, counts, complete=False)
-            group = self._create_case_nodes(key, meta, pending, image, label, chunks)
-            stored = {"image": stored_chunk_count(image, chunks, 0.0)}
-            if label is not None:
-                stored["label"] = stored_chunk_count(label, chunks, 0)
-            done = {**pending, "complete": True, "stored_chunks": stored}
-            group.update_attributes({ATTRS_KEY: done})
+            case, done = self._case_objects(meta, case_attrs(meta, image.shape, stats, counts, complete=False),
+                                            image, label, chunks)
+            self._put_objects(key, case.without_root_document())  # chunks and inner documents
+            self._put_objects(key, {ROOT_DOCUMENT: case.root_document})  # says complete: true
             self._catalog.put_marker(meta.case_id, done)  # the completion marker, last
         except StoreError:
             raise
@@ -184,51 +185,49 @@ class VolumeStore:
                               "check the storage is writable and has space; the half-written case stays "
                               "invisible and is replaced by the next write", exc) from exc
 
-    def _create_case_nodes(self, key: str, meta: CaseMeta, pending: dict, image: np.ndarray,
-                           label: np.ndarray | None, chunks: tuple[int, ...]) -> Any:
-        """Write a case's groups and arrays (metadata documents, then chunks); return its group.
+    def _case_objects(self, meta: CaseMeta, pending: dict, image: np.ndarray, label: np.ndarray | None,
+                      chunks: tuple[int, ...]) -> tuple[CaseObjects, dict]:
+        """The case's documents and chunks, encoded by zarr in memory (case_objects.py says why).
 
-        Why not ``create_group`` / ``create_array`` one node at a time: zarr 3 then reads and
-        re-writes the implicit parent groups of every node it creates, one after the other (22
-        reads and 17 conditional writes per case, each a round trip on S3). Here the whole case
-        is one complete hierarchy rooted at the case's own prefix, so ``zarr.create_hierarchy``
-        checks the five nodes and writes their documents concurrently, and the store's root and
-        ``cases`` groups are never touched. Array metadata is built by creating the same arrays
-        in memory first, so the documents are exactly what ``create_array`` writes.
+        The case's own document already says ``complete: true`` and records the chunks zarr
+        stored; it is pushed after everything else, and the marker after it.
         """
-        import zarr
-        from zarr.core.group import GroupMetadata
-
         spacing = tuple(float(s) for s in meta.spacing)
-        scratch = zarr.storage.MemoryStore()
-        nodes: dict[str, Any] = {
-            "": GroupMetadata(attributes={ATTRS_KEY: pending, "ome": ome.image_attrs(meta.case_id, spacing)}),
-            IMAGE_ARRAY: zarr.create_array(scratch, name=IMAGE_ARRAY, shape=image.shape, dtype=image.dtype,
-                                           chunks=chunks, compressors=image_compressors(),
-                                           dimension_names=AXES, fill_value=0.0).metadata,
-        }
+        groups = {"": {ATTRS_KEY: pending, "ome": ome.image_attrs(meta.case_id, spacing)}}
+        arrays = [ArrayPlan(IMAGE_ARRAY, image, image_compressors(), 0.0)]
         if label is not None:
-            nodes[LABELS_GROUP] = GroupMetadata(attributes={"ome": ome.labels_group_attrs()})
-            nodes[f"{LABELS_GROUP}/{LABEL_IMAGE_NAME}"] = GroupMetadata(attributes={
-                "ome": ome.label_image_attrs(meta.case_id, spacing, self.classes)})
-            nodes[LABEL_ARRAY] = zarr.create_array(scratch, name=LABEL_ARRAY, shape=label.shape, dtype=label.dtype,
-                                                   chunks=chunks, compressors=label_compressors(),
-                                                   dimension_names=AXES, fill_value=0).metadata
-        created = dict(zarr.create_hierarchy(store=self._case_store(key), nodes=nodes))
-        created[IMAGE_ARRAY][...] = image
+            groups[LABELS_GROUP] = {"ome": ome.labels_group_attrs()}
+            groups[f"{LABELS_GROUP}/{LABEL_IMAGE_NAME}"] = {
+                "ome": ome.label_image_attrs(meta.case_id, spacing, self.classes)}
+            arrays.append(ArrayPlan(LABEL_ARRAY, label, label_compressors(), 0))
+        draft = build_case_objects(groups, arrays, chunks, AXES)
+        stored = {"image": draft.stored_chunks[IMAGE_ARRAY]}
         if label is not None:
-            created[LABEL_ARRAY][...] = label
-        return created[""]
+            stored["label"] = draft.stored_chunks[LABEL_ARRAY]
+        done = {**pending, "complete": True, "stored_chunks": stored}
+        draft.objects[ROOT_DOCUMENT] = group_document({**groups[""], ATTRS_KEY: done})
+        return draft, done
 
-    def _case_store(self, key: str) -> Any:
-        """A zarr store rooted at ``key`` (a case's prefix) of this store."""
-        import zarr
+    def _put_objects(self, key: str, objects: Mapping[str, bytes]) -> None:
+        """Write ``objects`` (keys relative to the store key ``key``) in one batch.
 
-        if isinstance(self._zstore, zarr.storage.LocalStore):
-            return zarr.storage.LocalStore(os.path.join(self._root, key))
-        return zarr.storage.FsspecStore(self._zstore.fs, path=f"{self._zstore.path.rstrip('/')}/{key}")
+        On object stores fsspec sends the PUTs concurrently; on a local disk the folders are
+        made once and each file written directly (the completion marker, not the files, makes
+        a case visible, so a torn file is never read).
+        """
+        paths = {f"{self._path(key)}/{name}": value for name, value in objects.items()}
+        if is_remote(self.url):
+            self._fs.pipe(paths)
+            return
+        for folder in sorted({os.path.dirname(path) for path in paths}):
+            os.makedirs(folder, exist_ok=True)
+        for path, value in paths.items():
+            with open(path, "wb") as handle:
+                handle.write(value)
 
-    def _checked_arrays(self, meta: CaseMeta, image: np.ndarray, label: np.ndarray | None):
+    def _checked_arrays(self, meta: CaseMeta, image: np.ndarray, label: np.ndarray | None
+                        ) -> tuple[np.ndarray, np.ndarray | None, dict[str, int] | None]:
+        """(float32 image, uint8 label or None, voxels per class or None), or a CaseError."""
         where = f"case {meta.case_id!r} (source {meta.source.get('image')})"
         image = np.asarray(image)
         if image.ndim != 3 or min(image.shape) < 1:
@@ -239,7 +238,7 @@ class VolumeStore:
         if not np.all(np.isfinite(image)):
             raise CaseError(f"{where}: image contains NaN or infinite voxels; fix or mask the scan")
         if label is None:
-            return image, None
+            return image, None, None
         label = np.asarray(label)
         where = f"case {meta.case_id!r} (label {meta.source.get('label')})"
         if label.shape != image.shape:
@@ -248,12 +247,18 @@ class VolumeStore:
             raise CaseError(f"{where}: label dtype {label.dtype} is not numeric")
         if np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):
             raise CaseError(f"{where}: label has non-integer values; expected class ids")
-        values = np.unique(label)
-        unknown = [int(v) for v in values if int(v) not in self.classes]
+        if label.dtype != np.uint8 and (label.min() < 0 or label.max() > MAX_CLASS_INDEX):
+            raise CaseError(f"{where}: label values span [{label.min()}, {label.max()}], outside the store classes "
+                            f"{sorted(self.classes)}; fix the label map or the dataset recipe")
+        label = np.ascontiguousarray(label, dtype=np.uint8)
+        # one counting pass finds unknown values (np.unique would sort every voxel) and gives
+        # the per-class voxel counts the case's metadata records
+        counts = np.bincount(label.ravel(), minlength=MAX_CLASS_INDEX + 1)
+        unknown = [int(v) for v in np.flatnonzero(counts) if int(v) not in self.classes]
         if unknown:
             raise CaseError(f"{where}: label values {unknown} are not store classes "
                             f"{sorted(self.classes)}; fix the label map or the dataset recipe")
-        return image, np.ascontiguousarray(label, dtype=np.uint8)
+        return image, label, label_voxel_counts(counts, self.classes)
 
     def _remove_key(self, key: str) -> None:
         path = self._path(key)
