@@ -56,9 +56,11 @@ class LocalRayCluster:
     def address(self) -> str:
         return f"127.0.0.1:{self.gcs_port}"
 
-    def _start(self, name: str, extra: list[str], num_cpus: int, resources: dict[str, float] | None = None) -> None:
+    def _start(self, name: str, extra: list[str], num_cpus: int, resources: dict[str, float] | None = None,
+               node_env: dict[str, str] | None = None) -> None:
         """``ray start`` for one node; retried with fresh ports (up to 3 times) because a port
-        found free can be taken by any other process before Ray binds it."""
+        found free can be taken by any other process before Ray binds it. ``node_env`` is
+        exported to this node only (its raylet, so every worker it starts inherits it)."""
         log_path = os.path.join(self.temp_dir, f"ray-start-{name}.log")
         for _ in range(3):
             node_manager, object_manager, agent_http, agent_grpc, metrics, runtime_env, client = free_ports(7)
@@ -74,7 +76,7 @@ class LocalRayCluster:
                     f"--dashboard-agent-listen-port={agent_http}", f"--dashboard-agent-grpc-port={agent_grpc}",
                     f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
                     "--disable-usage-stats", *flags]
-            env = {k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}
+            env = {**{k: v for k, v in self.env.items() if k != "RAY_ADDRESS"}, **(node_env or {})}
             with open(log_path, "a") as log:
                 # to a file, not a pipe: the daemons inherit the handles and a pipe never reaches EOF
                 done = subprocess.run(args, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=180)
@@ -89,8 +91,9 @@ class LocalRayCluster:
                              "--include-dashboard=true"], num_cpus)
         return self
 
-    def add_node(self, name: str, num_cpus: int = 1, resources: dict[str, float] | None = None) -> RayNode:
-        self._start(name, [f"--address={self.address}"], num_cpus, resources)
+    def add_node(self, name: str, num_cpus: int = 1, resources: dict[str, float] | None = None,
+                 node_env: dict[str, str] | None = None) -> RayNode:
+        self._start(name, [f"--address={self.address}"], num_cpus, resources, node_env)
         return self.nodes[name]
 
     def _raylet(self, node_manager_port: int) -> psutil.Process | None:

@@ -115,7 +115,7 @@ def test_a_sweep_runs_its_two_concurrent_trials_on_different_nodes(cluster, tmp_
 
 
 def test_losing_a_node_mid_run_restarts_on_the_other_from_the_s3_checkpoint(cluster, s3_env, tmp_path):
-    """Last in this module: it kills node ``a``. Ray Train starts a new worker group on ``b``
+    """It kills node ``a`` (only the ingest test, which brings its own node, runs after it). Ray Train starts a new worker group on ``b``
     from the last checkpoint in the bucket; the log holds every report step once."""
     import re
     import time
@@ -161,3 +161,72 @@ def test_losing_a_node_mid_run_restarts_on_the_other_from_the_s3_checkpoint(clus
     after_restart = [r for r in rows if r["step"] > restarted_from]
     assert after_restart and all(r["nodes"] == f"{ids['b'][:12]},{ids['b'][:12]}" for r in after_restart)
     assert read_result(run_dir)["step"] == iterations
+
+
+#: On the node started with it, every worker stalls when it opens a source scan, after leaving a
+#: file that says so: the node's cases are surely in flight when the test kills it.
+STALLED_READS_HOOK = '''
+import builtins, os, time
+
+_FLAGS = os.environ.get("ACTION_RAY_TEST_STALL_SCANS")
+if _FLAGS:
+    _open = builtins.open
+
+    def _stalled_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file).endswith(".nii.gz") and "r" in mode:
+            with _open(os.path.join(_FLAGS, f"stalled-{os.getpid()}"), "w"):
+                pass
+            time.sleep(3600)
+        return _open(file, mode, *args, **kwargs)
+
+    builtins.open = _stalled_open
+'''
+
+
+def test_ingest_survives_losing_a_node_with_cases_in_flight(cluster, tmp_path):
+    """Last: after node ``a`` is gone, node ``c`` joins; its workers stall on reading a scan, and
+    the test kills it with cases in flight. Ray retries those cases on ``b``: the ingest ends
+    with every case complete and bit-exact, none half-written, and a re-run writes nothing."""
+    import time
+
+    import nibabel as nib
+    import numpy as np
+
+    from action_ray.io.nifti import from_nifti_axes
+    from action_ray.store import open_store
+
+    hooks, flags = tmp_path / "hooks", tmp_path / "flags"
+    hooks.mkdir()
+    flags.mkdir()
+    (hooks / "sitecustomize.py").write_text(STALLED_READS_HOOK)
+    cluster.add_node("c", num_cpus=2, node_env={
+        "ACTION_RAY_TEST_STALL_SCANS": str(flags),
+        "PYTHONPATH": ":".join(filter(None, [str(hooks), cluster.env.get("PYTHONPATH")]))})
+    ids = connected_node_ids(cluster)
+    assert {"b", "c"} <= set(ids)
+    written = write_acdc(tmp_path / "src", 4)
+    store_url, report = str(tmp_path / "s.zarr"), tmp_path / "report.jsonl"
+    argv = [sys.executable, "-m", "action_ray.cli", "ingest", str(tmp_path / "src"), store_url, "--layout", "acdc",
+            "--scheduler", "ray", "--no-progress", "--report", str(report)]
+    proc = subprocess.Popen(argv, env=cluster.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 180
+    while not any(flags.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None and any(flags.iterdir()), "no case reached node c"
+    cluster.kill_node("c")
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-4000:]
+    assert f"{len(written)} written" in output
+
+    store = open_store(store_url)
+    assert [c.case_id for c in store.list_cases()] == sorted(w.case_id for w in written)
+    assert store.incomplete_cases() == []
+    for case in written:
+        image, label = store.read_volume(case.case_id)
+        assert np.array_equal(image, from_nifti_axes(np.asarray(nib.load(case.image).dataobj, np.float32)))
+        assert np.array_equal(label, from_nifti_axes(np.asarray(nib.load(case.label).dataobj)).astype(np.uint8))
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert {r["node"] for r in rows} == {ids["b"]}  # what node c had in flight was done again on b
+
+    again = subprocess.run(argv, env=cluster.env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and ": 0 written" in again.stdout, again.stdout[-3000:]

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from action_ray.bench.children import parse_sizes, run_child
+from action_ray.bench.children import parse_sizes, peak_rss_mb, run_child
 from action_ray.errors import ConfigError
 
 STEPS = ("list", "info", "plan")
@@ -113,10 +112,6 @@ def _rss_now_mb() -> float:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _plan(url: str, label_ratio: float) -> dict:
     """The training read plan exactly as ``train.trainer`` builds it (split, then the streams)."""
     from action_ray.config import load_config
@@ -138,7 +133,7 @@ def _timed(repeat: int, step, *args) -> dict:
         started = time.perf_counter()
         detail = step(*args)
         best = min(best, time.perf_counter() - started)
-    return {"seconds": best, "rss_before_mb": rss_before, "peak_rss_mb": _peak_rss_mb(), **detail}
+    return {"seconds": best, "rss_before_mb": rss_before, "peak_rss_mb": peak_rss_mb(), **detail}
 
 
 def child_main(argv: list[str]) -> None:

@@ -25,6 +25,26 @@ def run_child(module: str, argv: list[str], env: Mapping[str, str] | None = None
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def peak_rss_mb() -> float:
+    """This process's own peak resident set (MB): ``VmHWM`` of ``/proc/self/status``.
+
+    Not ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries the parent's resident set at the
+    fork over the ``exec`` into that figure, so a child of a benchmark whose own process is
+    large (one holding a moto S3 server's objects, say) reported the parent's size, growing
+    with the collection although the child stayed flat. Falls back to it off Linux.
+    """
+    import resource
+
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def parse_sizes(text: str, example: str) -> list[int]:
     """The collection sizes of ``--cases`` ("20,80"); :class:`ConfigError` if one is not an integer."""
     try:

@@ -10,7 +10,7 @@ fresh child process (so peak RSS is that run's alone, imports included):
 * ``ingest threads`` / ``ingest processes``: ``action-ray ingest`` with that dask scheduler.
 
 MB/s counts the source bytes as stored (gzip-compressed). Peak RSS is the largest resident
-set of the run's process or any of its worker processes (``getrusage`` self and children);
+set of the run's process (its ``VmHWM``) or any of its worker processes (``getrusage`` children);
 it must not grow with the collection size, because each task holds one case at a time, and
 neither may the seconds per volume.
 
@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from action_ray.bench.children import parse_sizes, run_child
+from action_ray.bench.children import parse_sizes, peak_rss_mb, run_child
 from action_ray.errors import ConfigError
 
 MODES = ("raw", "threads", "processes")
@@ -149,9 +149,10 @@ def child_main(argv: list[str]) -> None:
     else:
         _child_ingest(src, dst, workers, mode)
     seconds = time.perf_counter() - started
-    peak_kb = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_kb / 1024}))
+    # worker processes (the processes scheduler) are forked from this one after its exec, so
+    # their ru_maxrss is their own peak or this process's size at the fork, never the parent's
+    peak_mb = max(peak_rss_mb(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
+    print(json.dumps({"seconds": seconds, "peak_rss_mb": peak_mb}))
 
 
 def measure(mode: str, src: str, dst: str, workers: int, env: dict[str, str] | None = None) -> dict:

@@ -72,7 +72,7 @@ def format_table(summary: dict[str, Any]) -> str:
     lines = [
         f"store     {summary['store']}",
         f"dataset   {ds['name']}  modality {ds['modality']}  layout {ds['layout']}",
-        f"classes   " + ", ".join(f"{k}={v}" for k, v in (ds["classes"] or {}).items()),
+        "classes   " + ", ".join(f"{k}={v}" for k, v in (ds["classes"] or {}).items()),
         f"cases     {summary['n_cases']} ({summary['n_labelled']} labelled, "
         f"{summary['n_unlabelled']} unlabelled) from {summary['n_patients']} patients",
     ]
