@@ -38,7 +38,10 @@ RAY_ENV_DEFAULTS = {
 #: ``train.deterministic=true`` the logged losses are identical at both). A local Ray therefore polls at 0.25 s; on a cluster, where reports are minutes
 #: apart, Ray's default stays (set the variable in the cluster's environment to change it).
 #: A value the user exported wins in both cases.
-LOCAL_RAY_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25"}
+#: Ray Train also starts a preemption watcher actor per run, which polls whether the cluster is
+#: draining a node (spot reclaim); a local machine is never drained, so a local Ray goes without
+#: it (one Python process fewer per run: about 1.5 s of a 35-s tiny run on 2 cores).
+LOCAL_RAY_ENV_DEFAULTS = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 def connect_or_start(

@@ -127,7 +127,7 @@ def test_losing_a_node_mid_run_restarts_on_the_other_from_the_s3_checkpoint(clus
     make_tiny_store(store)
     bucket = s3_env.new_bucket("lost")
     storage = f"s3://{bucket}/runs"
-    iterations, report, every = 120, 10, 20
+    iterations, report, every = 60, 10, 20
     proc = subprocess.Popen(
         [sys.executable, "-m", "action_ray.cli", "train", *TINY_ACTION, "stages=[ft]", "method=supervised",
          f"data.store={store}", f"train.storage_path={storage}", "train.run_name=lost",
