@@ -13,5 +13,5 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q "${ACTION_RAY_TORCH:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q --no-compile "${ACTION_RAY_TORCH:-torch==2.13.0}"
+.venv/bin/python -m pip install -q --no-compile -e ".[test]"
