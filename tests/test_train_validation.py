@@ -205,6 +205,40 @@ def test_callback_validates_due_ft_checkpoints_and_evaluate_best_names_the_selec
     assert checkpoint_selection(str(run / "stages" / "ft"), "last")["choice"] == "last"
 
 
+def test_a_resume_first_scores_the_checkpoint_a_killed_driver_left_unvalidated(scored_run, tmp_path, capsys):
+    """The driver died after Ray recorded checkpoint 8 but before validating it: the resumed
+    run starts from 8 and would never score it; ``before_resume`` does, once."""
+    import json
+
+    from test_evaluate import save_run, tiny_config
+
+    store_url, _, _ = scored_run
+    run = tmp_path / "run"
+    config = tiny_config(store_url)
+    ckpt4, ckpt8 = (str(save_run(run, config, subdir=f"checkpoint_{s}", step=s)) for s in (4, 8))
+    callback = ValidationCallback(CheckpointValidator(str(run), store_url),
+                                  ValidationSchedule(val_every=4, checkpoint_every=2, last_step=12))
+    callback.after_report(None, [{"stage": "ft", "step": 4}], SimpleNamespace(path=ckpt4))
+    lines: list[str] = []
+    callback.before_resume(lines.append)  # no Ray snapshot: Ray would start afresh, nothing to score
+    assert [r["ft_step"] for r in read_validation_log(str(run))] == [4] and lines == []
+
+    (run / "checkpoint_manager_snapshot.json").write_text(
+        json.dumps({"latest_checkpoint_result": {"checkpoint_dir_name": "checkpoint_8"}}))
+    callback.before_resume(lines.append)
+    rows = read_validation_log(str(run))
+    assert [r["ft_step"] for r in rows] == [4, 8] and rows[1]["checkpoint_path"] == ckpt8
+    assert "never validated" in lines[0] and "[validation ft 8]" not in capsys.readouterr().out
+    callback.before_resume(lines.append)  # already scored: nothing again
+    assert len(read_validation_log(str(run))) == 2 and len(lines) == 1
+
+    not_due = ValidationCallback(CheckpointValidator(str(run), store_url),
+                                 ValidationSchedule(val_every=5, checkpoint_every=5, last_step=10))
+    (run / "validation.jsonl").unlink()
+    not_due.before_resume(lines.append)
+    assert read_validation_log(str(run)) == [] and len(lines) == 1
+
+
 def test_training_attaches_validation_only_when_it_can_score(scored_run, tmp_path):
     from action_ray.train.trainer import validation_callbacks
 

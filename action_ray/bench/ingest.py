@@ -254,7 +254,7 @@ def print_table(rows: list, args: argparse.Namespace) -> None:
         speed = n_bytes / 1e6 / numbers["seconds"]
         ratio = f"{speed / raw_speed[n]:.2f}" if n in raw_speed else "-"
         name = "raw (limit)" if mode == "raw" else f"ingest {mode}"
-        print(f"{n:>7}  {name:<17} {n_bytes / 1e6:>7.2f} {numbers['seconds']:>8.2f} {speed:>8.3f} {ratio:>7} "
+        print(f"{n:>7}  {name:<17} {n_bytes / 1e6:>7.2f} {numbers['seconds']:>8.3f} {speed:>8.3f} {ratio:>7} "
               f"{numbers['peak_rss_mb']:>12.0f} {numbers['seconds'] / n:>9.4f}")
     by_mode: dict[str, list[tuple[int, dict]]] = {}
     for n, mode, _, numbers in sorted(rows, key=lambda row: row[0]):

@@ -388,6 +388,10 @@ def run_training(
             "still gets each stage's final checkpoint")
     if callbacks is None:
         callbacks = validation_callbacks(config, plan.run_dir, log)
+    if plan.resuming:
+        for callback in callbacks:  # a checkpoint recorded just before the driver died: score it now
+            if hasattr(callback, "before_resume"):
+                callback.before_resume(log)
     start_for_training(config.train.num_workers, config.train.cpus_per_worker, config.train.use_gpu, log)
     from ray.data import DataContext
 

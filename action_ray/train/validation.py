@@ -32,8 +32,10 @@ from ray.train import UserCallback
 from action_ray.config import Config
 from action_ray.evaluation import evaluate_run
 from action_ray.runs.best import BestKeeper
-from action_ray.runs.layout import validation_reports
-from action_ray.runs.logs import append_validation_row
+from action_ray.runs.files import read_json
+from action_ray.runs.layout import META_FILE, join, validation_reports
+from action_ray.runs.logs import append_validation_row, read_validation_log
+from action_ray.runs.resolve import latest_ray_checkpoint
 from action_ray.store import open_store
 from action_ray.train.tracking import log_validation, tracking_target_of
 from action_ray.urls import redact, with_protocol
@@ -177,6 +179,33 @@ class CheckpointValidator:
             return None
 
 
+def validate_missed_resume_checkpoint(validator: CheckpointValidator, due: Callable[[int], bool],
+                                      log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Score the FT checkpoint a resumed run starts from if its validation never happened.
+
+    Validation runs on the driver after Ray Train has recorded the checkpoint, so a driver killed
+    in between leaves that checkpoint unscored; Ray resumes from it and no report brings it back,
+    which would leave a hole in ``validation.jsonl`` and a checkpoint the best-on-validation
+    choice never saw. Called before a resumed run trains; returns the row, or None when there is
+    nothing to do (no checkpoint, not FT, not due, already validated) or the validation failed.
+    """
+    latest = latest_ray_checkpoint(validator.run_dir)
+    if latest is None:
+        return None
+    try:
+        meta = read_json(join(latest, META_FILE), validator.storage_options or None)
+    except Exception:  # noqa: BLE001 - the resume preflight has already checked this checkpoint
+        return None
+    if not isinstance(meta, dict) or meta.get("stage") != "ft":
+        return None
+    step = int(meta["step"])
+    if not due(step) or any(row.get("ft_step") == step for row in read_validation_log(validator.run_dir)):
+        return None
+    log(f"[validation ft {step}] the checkpoint this run resumes from was never validated (the run was "
+        "interrupted in between): validating it first")
+    return validator.try_validate(step, latest, log)
+
+
 def ft_checkpoint_step(metrics: list[dict[str, Any]], checkpoint: Any) -> int | None:
     """The FT step of a report that carries a checkpoint, else None (P1/P2, or no checkpoint)."""
     if checkpoint is None or not metrics:
@@ -200,6 +229,10 @@ class ValidationCallback(UserCallback):
         validator = CheckpointValidator(run_dir, str(config.data.store), config.data.storage_options,
                                         tracking_target=tracking_target_of(config, run_dir))
         return cls(validator, ValidationSchedule.of(config))
+
+    def before_resume(self, log: Callable[[str], None] = print) -> None:
+        """A resumed run first scores its resume checkpoint if that was never validated."""
+        validate_missed_resume_checkpoint(self.validator, self.schedule.due, log)
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         step = ft_checkpoint_step(metrics, checkpoint)

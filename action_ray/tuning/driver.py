@@ -51,6 +51,7 @@ from action_ray.train.validation import (
     CheckpointValidator,
     evaluate_checkpoint,
     ft_checkpoint_step,
+    validate_missed_resume_checkpoint,
 )
 from action_ray.tuning.outputs import write_results
 from action_ray.tuning.results import trial_rows
@@ -116,6 +117,11 @@ class ValidationReportCallback(_tune_report_callback_class()):
     @property
     def run_dir(self) -> str:
         return self.validator.run_dir
+
+    def before_resume(self, log: Callable[[str], None] = print) -> None:
+        """A resumed trial first scores its resume checkpoint if that was never validated (Tune
+        does not see that row; ``validation.jsonl`` and ``best/`` do)."""
+        validate_missed_resume_checkpoint(self.validator, lambda _step: True, log)
 
     def after_report(self, run_context, metrics, checkpoint) -> None:
         step = ft_checkpoint_step(metrics, checkpoint)
