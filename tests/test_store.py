@@ -198,6 +198,9 @@ def test_case_objects_are_the_bytes_zarr_writes_itself(store, tmp_path, chunking
     """The case is encoded in memory and pushed as files: every document and chunk must be
     what zarr writes when it creates the same array in a store directly, and the recorded
     chunk counts must be what zarr reports (an all-background label slice is not stored)."""
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.group import GroupMetadata
+
     from action_ray.store.codecs import chunk_shape, image_compressors, label_compressors
 
     image, label = smooth_volume((9, 40, 72), seed=11)
@@ -214,6 +217,11 @@ def test_case_objects_are_the_bytes_zarr_writes_itself(store, tmp_path, chunking
         theirs = {p.relative_to(tmp_path / "direct" / kind): p.read_bytes()
                   for p in (tmp_path / "direct" / kind).rglob("*") if p.is_file()}
         assert ours == theirs
+    for group in ("", "labels", "labels/label"):  # group documents: zarr's own serialisation
+        ours = (case / group / "zarr.json").read_bytes()
+        attributes = json.loads(ours)["attributes"]
+        assert ours == GroupMetadata(attributes=attributes).to_buffer_dict(default_buffer_prototype())[
+            "zarr.json"].to_bytes()
     info = open_store(store.url).case("z1")
     assert info.stored_chunks["image"] == zarr.open_array(str(case / "image")).nchunks_initialized
     assert info.stored_chunks["label"] == zarr.open_array(str(case / "labels/label/0")).nchunks_initialized

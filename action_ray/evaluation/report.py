@@ -129,7 +129,7 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
         *([f"- training curves: `{summary['training_curves']}`"] if summary.get("training_curves") else []),
         f"- cases: {summary.get('n_cases', 0)} ({summary.get('n_patients', 0)} patients); "
         f"skipped unlabelled: {len(summary.get('skipped_unlabelled') or [])}",
-        *([f"- **left out, unreadable**: " + "; ".join(f"`{u['case_id']}` ({u['error']})"
+        *(["- **left out, unreadable**: " + "; ".join(f"`{u['case_id']}` ({u['error']})"
                                                       for u in summary["unreadable_cases"])]
           if summary.get("unreadable_cases") else []),
         f"- empty-mask convention: `{summary.get('empty', '?')}`; distances in mm use the stored "

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from action_ray.errors import ConfigError
+from action_ray.io.tail_percentiles import tail_percentiles
 
 METHODS = ("percentile", "window", "minmax", "zscore", "none")
 #: The key of the block in recipes and in the store metadata.
@@ -168,7 +169,7 @@ def intensity_stats(image: np.ndarray) -> dict[str, float]:
 
     Computed in float64 so that large volumes do not lose precision in the sums.
     """
-    p_lo, p_hi = np.percentile(image, list(STORED_PERCENTILES))
+    p_lo, p_hi = tail_percentiles(image, STORED_PERCENTILES)  # np.percentile's floats, faster
     return {
         "min": float(image.min()),
         "max": float(image.max()),

@@ -1,11 +1,21 @@
-"""A case's Zarr objects (metadata documents and encoded chunks), built in memory by zarr.
+"""A case's Zarr objects (metadata documents and encoded chunks), built in memory.
 
-Why in memory: writing a case straight into a ``LocalStore`` or ``FsspecStore`` costs zarr one
-awaited store call per chunk and per document, each a hop through zarr's event loop (and on S3
-a round trip); for the small chunks of slice chunking that overhead was three quarters of a
-case's write time. Here zarr itself creates the nodes and encodes the chunks into a plain dict
-(a ``MemoryStore``), so the bytes are exactly what zarr would have written; the store then
-pushes the finished objects in one batch (:meth:`VolumeStore.write_case`).
+Why not let zarr write the case: a write through zarr awaits one store call per chunk and per
+document, and hands every chunk's compression to a thread of its own (``asyncio.to_thread``),
+each a hop through zarr's event loop; for the small chunks of slice chunking those hops, not
+the compression, were most of a case's write time, and creating the two array objects cost
+another millisecond each. Here:
+
+* zarr still defines the format: it builds each array's metadata document and codec chain
+  (once per shape, dtype, chunking and codec: cached, since a collection repeats a handful of
+  shapes), and each group's document;
+* the chunks are cut and compressed in the calling thread with the very codecs named in that
+  document (``numcodecs.Blosc``, which releases the GIL while it compresses), so two ingest
+  threads compress in parallel and no event loop is involved;
+* the store pushes the finished objects in one batch (:meth:`VolumeStore.write_case`).
+
+A test checks that every byte equals what zarr writes when it creates the same array in a store
+itself, for slice and patch chunking, including a padded edge chunk and a skipped empty one.
 
 Memory: the encoded case is at most the size of its arrays (chunks are compressed), and a
 writer already holds the arrays, so peak memory per case stays within about twice the volume.
@@ -13,19 +23,20 @@ writer already holds the arrays, so peak memory per case stays within about twic
 
 from __future__ import annotations
 
-import threading
+import itertools
+import json
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
-#: Chunks zarr encodes per batch (its default is 1, i.e. one event-loop round per chunk); a
-#: slice-chunked case has one chunk per slice, so a whole array of a typical volume is one batch.
-ENCODE_BATCH = 64
 ROOT_DOCUMENT = "zarr.json"
-#: zarr reads the batch size from its global config when an array object is created; the lock
-#: keeps two writer threads from interleaving their set/restore of that one global value.
-_CONFIG_LOCK = threading.Lock()
+#: zarr's default chunk key encoding: "c" then the chunk's grid index joined by "/".
+CHUNK_PREFIX = "c"
+_BLOSC_SHUFFLE = {"noshuffle": 0, "shuffle": 1, "bitshuffle": 2}
 
 
 @dataclass(frozen=True)
@@ -54,34 +65,113 @@ class CaseObjects:
 
 
 def group_document(attributes: dict[str, Any]) -> bytes:
-    """The ``zarr.json`` of a group with these attributes, serialised by zarr."""
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.group import GroupMetadata
+    """The ``zarr.json`` of a group with these attributes, as zarr serialises it.
 
-    return GroupMetadata(attributes=attributes).to_buffer_dict(default_buffer_prototype())[ROOT_DOCUMENT].to_bytes()
+    zarr's ``GroupMetadata.to_buffer_dict`` deep-copies the attributes through
+    ``dataclasses.asdict`` first, which for a case's attributes (affine, statistics, OME
+    multiscales) cost more than compressing its chunks; the JSON itself is this one call
+    (a test compares the bytes with zarr's).
+    """
+    import zarr
+
+    document = {"attributes": attributes, "zarr_format": 3, "node_type": "group"}
+    return json.dumps(document, indent=zarr.config.get("json_indent"), allow_nan=True).encode()
+
+
+@dataclass(frozen=True)
+class ArrayTemplate:
+    """What every array of one shape/dtype/chunking/codec shares: its document and encoder."""
+
+    document: bytes
+    encode: Callable[[np.ndarray], bytes]   # one full-shape, C-contiguous chunk -> stored bytes
+
+
+def _chunk_encoder(codecs: tuple) -> Callable[[np.ndarray], bytes]:
+    """The codec chain of an array document as one function, with numcodecs doing the work.
+
+    Supports what action-ray writes (the ``bytes`` codec, then Blosc); anything else is a
+    programming error here, not a user's, so it fails loudly instead of writing other bytes.
+    """
+    from numcodecs import Blosc
+    from zarr.codecs import BloscCodec, BytesCodec
+
+    first, *compressors = codecs
+    if not isinstance(first, BytesCodec) or (first.endian is not None and first.endian.value != sys.byteorder):
+        raise NotImplementedError(f"case_objects writes native-endian 'bytes' chunks only, not {first!r}")
+    steps = []
+    for codec in compressors:
+        if not isinstance(codec, BloscCodec):
+            raise NotImplementedError(f"case_objects encodes Blosc compressors only, not {codec!r}")
+        steps.append(Blosc(cname=codec.cname.value, clevel=codec.clevel, shuffle=_BLOSC_SHUFFLE[codec.shuffle.value],
+                           blocksize=codec.blocksize, typesize=codec.typesize).encode)
+
+    def encode(chunk: np.ndarray) -> bytes:
+        out: Any = chunk
+        for step in steps:
+            out = step(out)
+        return bytes(out) if steps else chunk.tobytes()
+
+    return encode
+
+
+@lru_cache(maxsize=64)
+def _template(shape: tuple[int, ...], dtype: str, chunks: tuple[int, ...], compressors_json: str,
+              fill_value: float | int, axes: tuple[str, ...]) -> ArrayTemplate:
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+
+    compressors = tuple(zarr.registry.get_codec_class(c["name"]).from_dict(c) for c in json.loads(compressors_json))
+    metadata = zarr.create_array(zarr.storage.MemoryStore(), shape=shape, dtype=dtype, chunks=chunks,
+                                 compressors=compressors, dimension_names=axes, fill_value=fill_value).metadata
+    document = metadata.to_buffer_dict(default_buffer_prototype())[ROOT_DOCUMENT].to_bytes()
+    return ArrayTemplate(document, _chunk_encoder(tuple(metadata.codecs)))
+
+
+def array_template(plan: ArrayPlan, chunks: tuple[int, ...], axes: tuple[str, ...]) -> ArrayTemplate:
+    """The (cached) document and chunk encoder zarr defines for ``plan``'s array."""
+    compressors_json = json.dumps([codec.to_dict() for codec in plan.compressors], sort_keys=True)
+    return _template(tuple(plan.data.shape), plan.data.dtype.str, tuple(chunks), compressors_json,
+                     plan.fill_value, tuple(axes))
+
+
+def encode_chunks(data: np.ndarray, chunks: tuple[int, ...], fill_value: float | int,
+                  encode: Callable[[np.ndarray], bytes]) -> dict[str, bytes]:
+    """Every stored chunk of ``data``: ``{"c/i/j/k": bytes}``, as zarr's regular grid stores it.
+
+    Edge chunks are padded with the fill value to the full chunk shape, and a chunk holding only
+    the fill value is not stored (zarr's ``write_empty_chunks=False``, its default).
+    """
+    grid = [range(0, size, step) for size, step in zip(data.shape, chunks)]
+    out: dict[str, bytes] = {}
+    for origin in itertools.product(*grid):
+        box = tuple(slice(start, start + step) for start, step in zip(origin, chunks))
+        part = data[box]
+        if not part.any() if fill_value == 0 else bool(np.all(part == fill_value)):
+            continue
+        if part.shape != tuple(chunks):
+            full = np.full(chunks, fill_value, dtype=data.dtype)
+            full[tuple(slice(0, n) for n in part.shape)] = part
+            part = full
+        index = "/".join(str(start // step) for start, step in zip(origin, chunks))
+        out[f"{CHUNK_PREFIX}/{index}"] = encode(np.ascontiguousarray(part))
+    return out
 
 
 def build_case_objects(groups: dict[str, dict[str, Any]], arrays: list[ArrayPlan],
                        chunks: tuple[int, ...], axes: tuple[str, ...]) -> CaseObjects:
-    """Create ``groups`` (path -> attributes, ``""`` is the case itself) and ``arrays`` in memory.
+    """Documents of ``groups`` (path -> attributes, ``""`` is the case itself) and of ``arrays``,
+    and every stored chunk of the arrays, as bytes keyed relative to the case.
 
-    Returns the documents and chunks as bytes. zarr does not store a chunk that holds only the
-    fill value, so ``stored_chunks`` counts what was actually encoded per array.
+    ``stored_chunks`` counts what was stored per array (all-fill chunks are not).
     """
-    import zarr
-    from zarr.core.group import GroupMetadata
-
-    objects: dict[str, Any] = {}
-    scratch = zarr.storage.MemoryStore(store_dict=objects)
-    nodes: dict[str, Any] = {path: GroupMetadata(attributes=attrs) for path, attrs in groups.items()}
+    objects: dict[str, bytes] = {}
+    for path, attributes in groups.items():
+        objects[f"{path}/{ROOT_DOCUMENT}" if path else ROOT_DOCUMENT] = group_document(attributes)
+    stored: dict[str, int] = {}
     for plan in arrays:
-        nodes[plan.key] = zarr.create_array(
-            zarr.storage.MemoryStore(), shape=plan.data.shape, dtype=plan.data.dtype, chunks=chunks,
-            compressors=plan.compressors, dimension_names=axes, fill_value=plan.fill_value).metadata
-    with _CONFIG_LOCK, zarr.config.set({"codec_pipeline.batch_size": ENCODE_BATCH}):
-        created = dict(zarr.create_hierarchy(store=scratch, nodes=nodes))
-    for plan in arrays:
-        created[plan.key][...] = plan.data
-    encoded = {key: value.to_bytes() for key, value in objects.items()}
-    stored = {plan.key: sum(key.startswith(f"{plan.key}/c/") for key in encoded) for plan in arrays}
-    return CaseObjects(encoded, stored)
+        template = array_template(plan, chunks, axes)
+        objects[f"{plan.key}/{ROOT_DOCUMENT}"] = template.document
+        encoded = encode_chunks(plan.data, chunks, plan.fill_value, template.encode)
+        stored[plan.key] = len(encoded)
+        objects.update({f"{plan.key}/{name}": value for name, value in encoded.items()})
+    return CaseObjects(objects, stored)

@@ -13,6 +13,7 @@ processes write different cases at once. See docs/store.md for the trade-off.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -219,8 +220,17 @@ class VolumeStore:
         if is_remote(self.url):
             self._fs.pipe(paths)
             return
-        for folder in sorted({os.path.dirname(path) for path in paths}):
-            os.makedirs(folder, exist_ok=True)
+        base = self._path(key)
+        folders = {base}
+        for path in paths:
+            folder = os.path.dirname(path)
+            while folder not in folders:  # every folder between the case and its files
+                folders.add(folder)
+                folder = os.path.dirname(folder)
+        os.makedirs(base, exist_ok=True)
+        for folder in sorted(folders - {base}):  # a parent sorts before its children
+            with contextlib.suppress(FileExistsError):  # one mkdir each (makedirs stats first)
+                os.mkdir(folder)
         for path, value in paths.items():
             with open(path, "wb") as handle:
                 handle.write(value)
