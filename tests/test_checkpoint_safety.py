@@ -200,12 +200,13 @@ def test_resume_checks_the_checkpoint_ray_resumes_from_not_a_half_copied_newer_o
 
 
 def test_a_store_that_lost_a_chunk_is_refused_before_ray_naming_the_case(run_with_store, tmp_path, capsys):
-    """A chunk deleted after ingest would be read as zeros: train refuses in its preflight with
+    """A shard (the case's slices) deleted after ingest would be read as zeros: train refuses in its preflight with
     one line naming the case and what to do, and writes nothing; data.verify_chunks=false lets
     the run through (shown with --dry-run, which never starts Ray)."""
     store, _, _ = run_with_store
-    chunk = tmp_path / "store.zarr" / "cases" / "r1" / "image" / "c" / "1" / "0" / "0"
-    chunk.unlink()
+    from tests.damage import delete_shard
+
+    delete_shard(tmp_path / "store.zarr", "r1")
     storage = tmp_path / "runs"
     base = ["train", "--config", "cpu-demo", f"data.store={store.url}", "data.slice_size=32",
             f"train.storage_path={storage}", "train.run_name=lost"]

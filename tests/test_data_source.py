@@ -193,8 +193,10 @@ def test_a_corrupt_chunk_skips_only_its_rows_and_names_the_case(tmp_path, caplog
     case, and every other row is still read (training goes on; an empty epoch still stops it)."""
     import logging
 
+    from tests.damage import corrupt_slice
+
     store, volumes = make_store(str(tmp_path / "store.zarr"))
-    (tmp_path / "store.zarr" / "cases" / "c1" / "image" / "c" / "2" / "0" / "0").write_bytes(b"garbage")
+    corrupt_slice(tmp_path / "store.zarr", "c1", 2)
     source = VolumeSliceDatasource(store.url, None, list(SHAPES), with_label=True, rows_per_task=1,
                                    output_size=None)
     with caplog.at_level(logging.WARNING, logger="action_ray.data.source"):

@@ -311,8 +311,8 @@ def test_last_falls_back_to_the_newest_periodic_checkpoint_of_the_last_stage(tmp
 
 
 def test_a_deleted_or_corrupt_chunk_leaves_its_case_out_by_id_and_the_rest_is_scored(tmp_path, capsys):
-    """After ingest, one case loses a chunk (it would read back as zeros) and another has a chunk
-    overwritten with garbage: evaluate names both, scores the other cases, and exits 3."""
+    """After ingest, one case loses its image shard (it would read back as zeros) and another has
+    a slice overwritten with garbage: evaluate names both, scores the other cases, and exits 3."""
     from action_ray.cli import main
     from action_ray.store import open_store
 
@@ -320,13 +320,14 @@ def test_a_deleted_or_corrupt_chunk_leaves_its_case_out_by_id_and_the_rest_is_sc
     store = make_store(tmp_path / "store.zarr", cases)
     run_dir = tmp_path / "run"
     save_run(run_dir, tiny_config(store.url))
-    for case_id in ("t0", "t1"):  # every chunk holds data (noise): all were written
-        assert store.case(case_id).stored_chunks == {"image": SHAPE[0], "label": 2}  # label: 2 non-empty slices
-    chunk_dir = tmp_path / "store.zarr" / "cases"
-    (chunk_dir / "t0" / "image" / "c" / "1" / "0" / "0").unlink()
-    (chunk_dir / "t1" / "image" / "c" / "2" / "0" / "0").write_bytes(b"not a chunk")
+    from tests.damage import corrupt_slice, delete_shard
+
+    for case_id in ("t0", "t1"):  # one shard per array holds every slice: zarr counts all of them
+        assert store.case(case_id).stored_chunks == {"image": SHAPE[0], "label": SHAPE[0]}
+    delete_shard(tmp_path / "store.zarr", "t0")
+    corrupt_slice(tmp_path / "store.zarr", "t1", 2)
     reopened = open_store(store.url)
-    with pytest.raises(StoreError, match="'t0'.*3 stored chunks where ingest wrote 4"):
+    with pytest.raises(StoreError, match="'t0'.*0 stored chunks where ingest wrote 4"):
         reopened.verify_case("t0")
     reopened.verify_case("t2")
 

@@ -95,7 +95,8 @@ def open_store_cached(url: str, storage_options: Mapping[str, Any] | None):
 
 
 def z_chunk_of(store, case_id: str) -> int:
-    """Z extent of one image chunk of a case, read from the array metadata (1 if unknown).
+    """Z extent of one stored object of a case's image, read from the array metadata (1 if unknown):
+    its shard when the array is sharded (a slab of whole shards is one GET each), else its chunk.
 
     Only asked for cases too large for one read task, so planning a store of small cases
     costs no extra metadata reads.
@@ -110,7 +111,7 @@ def z_chunk_of(store, case_id: str) -> int:
         options = getattr(store, "_storage_options", None) or None
         array = zarr.open_array(f"{store.url}/{key}", mode="r", storage_options=options) \
             if options else zarr.open_array(f"{store.url}/{key}", mode="r")
-        return max(1, int(array.chunks[0]))
+        return max(1, int((array.shards or array.chunks)[0]))
     except Exception:  # noqa: BLE001 - alignment is an optimisation; never fail planning on it
         return 1
 

@@ -223,6 +223,20 @@ def read_source(options: IngestOptions) -> tuple[Recipe, Collection]:
                                 f"{storage_advice(exc)}")) from None
 
 
+def case_graph(tasks: list[CaseTask]) -> list[Any]:
+    """One dask task per case, ``ingest_case(task)``.
+
+    Each ``CaseTask`` goes in wrapped as a delayed value with ``traverse=False``: otherwise dask
+    walks every argument (the task's dataclasses, lists and dicts) looking for collections, which
+    cost about 1 ms per case on the driver before the first case could start (17 400 calls of
+    ``unpack_collections`` for 200 cases).
+    """
+    import dask
+
+    run = dask.delayed(ingest_case, pure=False)
+    return [run(dask.delayed(task, traverse=False)) for task in tasks]
+
+
 def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> IngestReport:
     """Ingest ``options.src`` into ``options.dst``; returns per-case results and notes."""
     import dask
@@ -271,7 +285,7 @@ def run_ingest(options: IngestOptions, say: Callable[[str], None] = print) -> In
         results += compute_on_ray(tasks, options, say)
         store.finalize()
     elif tasks:
-        delayed = [dask.delayed(ingest_case, pure=False)(task) for task in tasks]
+        delayed = case_graph(tasks)
         compute_kwargs: dict[str, Any] = {"scheduler": options.scheduler}
         if options.scheduler != "sync":
             compute_kwargs["num_workers"] = max(1, options.workers)
@@ -304,7 +318,7 @@ def compute_on_ray(tasks: list[CaseTask], options: IngestOptions, say: Callable[
     if len(nodes) > 1 and not (is_remote(options.dst) and is_remote(options.src)):
         say(f"warning: {len(nodes)} nodes run the cases, and SRC or DST is a local path: every node reads "
             "and writes its own disk unless that path is shared storage (NFS); use s3:// (or gs://) otherwise")
-    delayed = [dask.delayed(ingest_case, pure=False)(task) for task in tasks]
+    delayed = case_graph(tasks)
     # SPREAD: cases go to every node's disks and network, not to the first node with a free CPU
     refs = list(dask.compute(*delayed, scheduler=ray_dask_get, ray_persist=True,
                              ray_remote_args={"num_cpus": 1, "max_retries": RAY_CASE_RETRIES,

@@ -32,6 +32,31 @@ def label_compressors() -> tuple:
     return (BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.bitshuffle, typesize=1),)
 
 
+#: Largest shard of a slice-chunked array, before compression: a shard holds as many whole
+#: slices as fit (at least one), so an ACDC frame (10 x 256 x 216 float32, 2.2 MB) is one object
+#: and a 512 x 512 CT slab of 16 slices is one. It matches the data layer's 16 MiB read task, so
+#: a read task's slab is one shard: one GET, where a slab of slice objects was one GET per slice.
+SHARD_BYTES = 16 * 2**20
+#: The image's itemsize (float32) sets the shard extent; the label uses the same extent so both
+#: arrays of a case split at the same slices.
+SHARD_ITEMSIZE = 4
+
+
+def shard_shape(shape: tuple[int, int, int], chunking: str) -> tuple[int, int, int] | None:
+    """Shard shape of an array written with ``chunking``; None when it is not sharded.
+
+    Slice chunking stores its slices as inner chunks of ``(n, Y, X)`` shards (``n`` slices, at
+    most :data:`SHARD_BYTES` raw): one object per array for a typical case instead of one per
+    slice, which is what made ingest slow (a folder and a file per slice on disk, a PUT per slice
+    on S3). Patch chunking is not sharded: its cubes are already 256 KiB objects, and 3-D
+    training reads scattered patches, for which a shard would add an index read to each.
+    """
+    if chunking != "slice":
+        return None
+    z, y, x = shape
+    return (max(1, min(z, SHARD_BYTES // (y * x * SHARD_ITEMSIZE))), y, x)
+
+
 def chunk_shape(shape: tuple[int, int, int], chunking: str) -> tuple[int, int, int]:
     """Chunk shape for an array of ``shape`` (Z, Y, X) under a chunking scheme.
 

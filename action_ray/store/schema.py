@@ -15,7 +15,7 @@ in one module so that the on-disk names and the JSON fields have exactly one def
 
 A case is complete exactly when its marker ``complete/<id>.json`` exists. Writing goes: drop
 the marker, remove any leftover, push the case's chunks and inner documents (encoded in memory
-by zarr), then its ``zarr.json`` with ``complete: true`` (for people browsing the Zarr tree), and
+with the codecs zarr names: store/case_objects.py), then its ``zarr.json`` with ``complete: true`` (for people browsing the Zarr tree), and
 last PUT the marker (atomic: one S3 object, or a rename on local disks).
 """
 

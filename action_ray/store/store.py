@@ -31,7 +31,7 @@ from action_ray.store.case_objects import (
 )
 from action_ray.store.catalog import Catalog
 from action_ray.store.codecs import (
-    IMAGE_CODEC_NAME, LABEL_CODEC_NAME, chunk_shape, image_compressors, label_compressors,
+    IMAGE_CODEC_NAME, LABEL_CODEC_NAME, chunk_shape, image_compressors, label_compressors, shard_shape,
 )
 from action_ray.store.schema import (
     ATTRS_KEY, AXES, CASES_GROUP, FORMAT_VERSION, IMAGE_ARRAY, LABEL_ARRAY, LABEL_IMAGE_NAME,
@@ -165,6 +165,7 @@ class VolumeStore:
         validate_meta(meta)
         image, label, counts = self._checked_arrays(meta, image, label)
         chunks = chunk_shape(image.shape, chunking)
+        shards = shard_shape(image.shape, chunking)
         if not overwrite and self.is_complete(meta.case_id):
             raise self._error(f"case {meta.case_id!r} is already complete",
                               "pass overwrite=True (ingest --overwrite) to replace it")
@@ -175,7 +176,7 @@ class VolumeStore:
             self._catalog.drop_marker(meta.case_id)  # invisible from here on
             self._remove_key(key)
             case, done = self._case_objects(meta, case_attrs(meta, image.shape, stats, counts, complete=False),
-                                            image, label, chunks)
+                                            image, label, chunks, shards)
             self._put_objects(key, case.without_root_document())  # chunks and inner documents
             self._put_objects(key, {ROOT_DOCUMENT: case.root_document})  # says complete: true
             self._catalog.put_marker(meta.case_id, done)  # the completion marker, last
@@ -187,10 +188,10 @@ class VolumeStore:
                               "invisible and is replaced by the next write", exc) from exc
 
     def _case_objects(self, meta: CaseMeta, pending: dict, image: np.ndarray, label: np.ndarray | None,
-                      chunks: tuple[int, ...]) -> tuple[CaseObjects, dict]:
-        """The case's documents and chunks, encoded by zarr in memory (case_objects.py says why).
+                      chunks: tuple[int, ...], shards: tuple[int, ...] | None) -> tuple[CaseObjects, dict]:
+        """The case's documents and chunks, encoded in memory with zarr's codecs (case_objects.py says why).
 
-        The case's own document already says ``complete: true`` and records the chunks zarr
+        The case's own document already says ``complete: true`` and records the chunks
         stored; it is pushed after everything else, and the marker after it.
         """
         spacing = tuple(float(s) for s in meta.spacing)
@@ -201,7 +202,7 @@ class VolumeStore:
             groups[f"{LABELS_GROUP}/{LABEL_IMAGE_NAME}"] = {
                 "ome": ome.label_image_attrs(meta.case_id, spacing, self.classes)}
             arrays.append(ArrayPlan(LABEL_ARRAY, label, label_compressors(), 0))
-        draft = build_case_objects(groups, arrays, chunks, AXES)
+        draft = build_case_objects(groups, arrays, chunks, AXES, shards)
         stored = {"image": draft.stored_chunks[IMAGE_ARRAY]}
         if label is not None:
             stored["label"] = draft.stored_chunks[LABEL_ARRAY]
