@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "codecs": ("action_ray.bench.codecs", "store compressors: ratio, write MB/s, read-one-slice ms"),
     "ingest": ("action_ray.bench.ingest", "ingest MB/s vs raw read+write, and peak RSS vs collection size"),
     "catalog": ("action_ray.bench.catalog", "listing, info and the training read plan: seconds per case vs store size"),
+    "reads": ("action_ray.bench.reads", "read_slice and whole-case reads: sharded vs one object per slice"),
     "step": ("action_ray.bench.step", "per-stage step time vs a bare UNet forward/backward"),
     "stream": ("action_ray.bench.stream", "Ray Data samples/s vs a direct read loop vs step consumption"),
     "scale": ("action_ray.bench.scale", "P2/FT step at 1, 2, 4 workers and its communication share; --model: GPUs"),

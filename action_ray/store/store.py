@@ -151,7 +151,7 @@ class VolumeStore:
 
     # ------------------------------------------------------------------------------ writing
     def write_case(self, meta: CaseMeta, image: np.ndarray, label: np.ndarray | None,
-                   *, chunking: str = "slice", overwrite: bool = False) -> None:
+                   *, chunking: str = "slice", overwrite: bool = False, sharded: bool = True) -> None:
         """Write one case so that readers see all of it or none of it.
 
         ``image`` is (Z, Y, X) float32 (other real dtypes are converted), ``label`` (Z, Y, X)
@@ -161,11 +161,13 @@ class VolumeStore:
         (``complete: true``), then the completion marker. Until the marker lands the case is
         invisible, whatever was pushed.
         Raises :class:`StoreError` if the case is already complete and ``overwrite`` is False.
+        ``sharded=False`` stores each slice chunk as its own object, the layout before sharding
+        (``bench reads`` compares the two; readers handle both, from the array's metadata).
         """
         validate_meta(meta)
         image, label, counts = self._checked_arrays(meta, image, label)
         chunks = chunk_shape(image.shape, chunking)
-        shards = shard_shape(image.shape, chunking)
+        shards = shard_shape(image.shape, chunking) if sharded else None
         if not overwrite and self.is_complete(meta.case_id):
             raise self._error(f"case {meta.case_id!r} is already complete",
                               "pass overwrite=True (ingest --overwrite) to replace it")
