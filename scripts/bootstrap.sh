@@ -17,4 +17,6 @@ fi
 # ever be compiled, and every process, each Ray worker included, would compile torch and Ray
 # from source on every import (a full test run took over 30 minutes instead of 20).
 .venv/bin/python -m pip install -q "${ACTION_RAY_TORCH:-torch==2.13.0}"
-.venv/bin/python -m pip install -q -e ".[test]"
+# Every other dependency at the exact version the demo's numbers were measured with
+# (scripts/constraints.txt says why); pyproject.toml keeps the ranges the code supports.
+.venv/bin/python -m pip install -q -c scripts/constraints.txt -e ".[test]"

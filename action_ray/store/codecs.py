@@ -1,8 +1,9 @@
 """Chunk shapes and compressors, chosen for how training reads the store.
 
-2-D training reads one axial slice at a time, so ``"slice"`` chunking stores each slice as one
-chunk (one object on S3, one GET per sample). 3-D training reads cubes, so ``"patch"`` chunking
-stores (16, 64, 64) cubes. The compressor was picked by measurement on phantom-like float32 MR
+2-D training reads axial slices, so ``"slice"`` chunking stores each slice as one chunk, and
+the slices of a case as inner chunks of one shard per array (up to 16 MiB; :func:`shard_shape`
+says why): a read task's whole-case slab is one GET, a single slice an index read plus a range
+read. 3-D training reads cubes, so ``"patch"`` chunking stores (16, 64, 64) cubes, unsharded. The compressor was picked by measurement on phantom-like float32 MR
 volumes (``action-ray bench codecs``; table in docs/store.md).
 """
 

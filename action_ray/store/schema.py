@@ -7,7 +7,8 @@ in one module so that the on-disk names and the JSON fields have exactly one def
     <store>/cases/zarr.json                plain group holding one child group per case
     <store>/cases/<id>/zarr.json           case group: attrs["action_ray"] (per-case metadata,
                                            ``complete`` flag) and attrs["ome"] (OME-NGFF 0.5)
-    <store>/cases/<id>/image               float32 (Z, Y, X)
+    <store>/cases/<id>/image               float32 (Z, Y, X); slice chunking: one shard object
+                                           c/0/0/0 per up to 16 MiB of slices (codecs.py)
     <store>/cases/<id>/labels/zarr.json    OME-NGFF "labels" group (only for labelled cases)
     <store>/cases/<id>/labels/label/0      uint8 (Z, Y, X): THE label array (no second copy)
     <store>/complete/<id>.json             completion marker: the case metadata, written last
