@@ -153,6 +153,25 @@ def test_tasks_are_sized_by_bytes_and_aligned_to_chunks(tmp_path):
     assert all(t.metadata.size_bytes <= 20 * row_bytes for t in tasks)
 
 
+def test_slabs_of_a_case_larger_than_a_task_are_whole_shards(tmp_path, monkeypatch):
+    """Slice chunking: a large case is sharded every 8 slices here; its slabs start on shard
+    boundaries, so each read of a slab reads whole shards (one GET each on S3)."""
+    from action_ray.store import codecs
+
+    monkeypatch.setattr(codecs, "SHARD_BYTES", 8 * 64 * 64 * codecs.SHARD_ITEMSIZE)
+    shapes = {"big": (40, 64, 64), "s1": (3, 64, 64)}
+    store, volumes = make_store(str(tmp_path / "sharded.zarr"), shapes=shapes)
+    assert z_chunk_of(store, "big") == 8
+    row_bytes = 64 * 64 * 5 + 8
+    source = VolumeSliceDatasource(store.url, None, list(shapes), output_size=None,
+                                   target_task_bytes=20 * row_bytes, min_tasks=1)
+    big = [(u.start, u.stop) for task in source.plan_tasks() for u in task if source.case_table[u.case] == "big"]
+    assert big == [(0, 16), (16, 32), (32, 40)]
+    rows = run_tasks(source)
+    assert sorted(zip(rows["case"].tolist(), rows["z"].tolist())) == sorted(
+        (source.case_table.index(c), z) for c, shape in shapes.items() for z in range(shape[0]))
+
+
 def test_a_small_epoch_is_still_cut_into_many_read_tasks(store_and_volumes):
     """Block shuffling needs blocks: 22 rows of 20 KB must not become one 16 MiB task."""
     store, volumes = store_and_volumes

@@ -238,6 +238,33 @@ def test_case_objects_are_the_bytes_zarr_writes_itself(store, tmp_path, chunking
     open_store(store.url).verify_case("z1")
 
 
+def test_a_case_split_over_several_shards_is_what_zarr_writes(store, tmp_path, monkeypatch):
+    """A case larger than one shard (a tall CT): shards of 4 slices, the last one partial (9 = 4 + 4 + 1),
+    an all-background label slice inside the second; bytes equal zarr's, values read back exactly."""
+    from action_ray.store import codecs
+
+    image, label = smooth_volume((9, 40, 72), seed=12)
+    label[5] = 0
+    monkeypatch.setattr(codecs, "SHARD_BYTES", 4 * 40 * 72 * codecs.SHARD_ITEMSIZE)
+    store.write_case(meta("tall"), image, label)
+    case = pathlib.Path(store.url, "cases", "tall")
+    for kind, data, compressors, fill in (("image", image, codecs.image_compressors(), 0.0),
+                                          ("labels/label/0", label, codecs.label_compressors(), 0)):
+        assert codecs.shard_shape(data.shape, "slice") == (4, 40, 72)
+        direct = zarr.create_array(zarr.storage.LocalStore(tmp_path / "direct" / kind), shape=data.shape,
+                                   dtype=data.dtype, chunks=(1, 40, 72), shards=(4, 40, 72), compressors=compressors,
+                                   dimension_names=("z", "y", "x"), fill_value=fill)
+        direct[...] = data
+        ours = {p.relative_to(case / kind): p.read_bytes() for p in (case / kind).rglob("*") if p.is_file()}
+        theirs = {p.relative_to(tmp_path / "direct" / kind): p.read_bytes()
+                  for p in (tmp_path / "direct" / kind).rglob("*") if p.is_file()}
+        assert ours == theirs and len(ours) == 4  # zarr.json + 3 shards
+    back_image, back_label = open_store(store.url).read_volume("tall")
+    assert np.array_equal(back_image, image) and np.array_equal(back_label, label)
+    assert open_store(store.url).case("tall").stored_chunks == {"image": 12, "label": 12}  # 3 shards x 4
+    open_store(store.url).verify_case("tall")
+
+
 def test_rewriting_a_complete_case_requires_overwrite(store):
     image, label = smooth_volume((3, 8, 8), seed=6)
     store.write_case(meta("c1"), image, label)
