@@ -62,9 +62,9 @@ def _numpy_lerp(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
 def _order_statistics(flat: np.ndarray, ranks: list[int]) -> dict[int, float] | None:
     """The values of the given 0-based ranks of ``flat`` (sorted ascending); None if NaN."""
     n = flat.size
-    sample = np.sort(flat[:: _prime_at_least(max(2, n // SAMPLE))])
-    if np.isnan(sample[-1]) or np.isnan(flat.max()):
+    if np.isnan(flat.max()):  # max is NaN exactly when some voxel is
         return None
+    sample = np.sort(flat[:: _prime_at_least(max(2, n // SAMPLE))])
     m = sample.size
     out: dict[int, float] = {}
     low = [r for r in ranks if r < n // 2]

@@ -3,8 +3,9 @@
 2-D training reads axial slices, so ``"slice"`` chunking stores each slice as one chunk, and
 the slices of a case as inner chunks of one shard per array (up to 16 MiB; :func:`shard_shape`
 says why): a read task's whole-case slab is one GET, a single slice an index read plus a range
-read. 3-D training reads cubes, so ``"patch"`` chunking stores (16, 64, 64) cubes, unsharded. The compressor was picked by measurement on phantom-like float32 MR
-volumes (``action-ray bench codecs``; table in docs/store.md).
+read. 3-D training reads cubes, so ``"patch"`` chunking stores (16, 64, 64) cubes, unsharded.
+The compressor was picked by measurement on phantom-like float32 MR volumes (``action-ray bench
+codecs``; table in docs/store.md).
 """
 
 from __future__ import annotations
